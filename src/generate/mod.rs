@@ -1,0 +1,1 @@
+//! Sampling and (batched) generation on top of the KV-cache inference path.

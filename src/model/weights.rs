@@ -1,0 +1,138 @@
+//! `model.safetensors` with HF Llama tensor names, read into and written from the flat buffer.
+
+use crate::model::params::ParamLayout;
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path}: not a valid safetensors file ({msg})")]
+    Format { path: String, msg: String },
+    #[error("{path}: tensor `{name}` is missing; the checkpoint does not match its config.json")]
+    Missing { path: String, name: String },
+    #[error("{path}: tensor `{name}` has shape {got:?} but config.json implies {want:?}")]
+    Shape { path: String, name: String, got: Vec<usize>, want: Vec<usize> },
+    #[error("{path}: tensor `{name}` has dtype {dtype}; only F32, F16 and BF16 can be read")]
+    Dtype { path: String, name: String, dtype: String },
+}
+
+/// Writes every tensor of `layout` from `params` as F32 to `path` (not atomic: callers
+/// write into a temporary directory and rename it).
+pub fn save_safetensors(path: &Path, layout: &ParamLayout, params: &[f32]) -> Result<(), WeightsError> {
+    let bytes: Vec<Vec<u8>> =
+        layout.tensors.iter().map(|t| params[t.range()].iter().flat_map(|x| x.to_le_bytes()).collect()).collect();
+    let views: Vec<(String, TensorView)> = layout
+        .tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| (t.name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), b).expect("shape matches")))
+        .collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let p = path.display().to_string();
+    safetensors::serialize_to_file(views, &Some(meta), path).map_err(|e| match e {
+        safetensors::SafeTensorError::IoError(source) => WeightsError::Io { path: p, source },
+        e => WeightsError::Format { path: p, msg: e.to_string() },
+    })
+}
+
+/// Reads the tensors of `layout` from one or more safetensors files into a new buffer.
+/// Tensors not in the layout (e.g. `lm_head.weight` of a tied model) are ignored.
+pub fn load_safetensors(paths: &[&Path], layout: &ParamLayout) -> Result<Vec<f32>, WeightsError> {
+    let mut params = vec![0.0f32; layout.total()];
+    let mut found = vec![false; layout.tensors.len()];
+    for path in paths {
+        let p = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|source| WeightsError::Io { path: p.clone(), source })?;
+        // SAFETY: the file is opened read-only and not modified while mapped.
+        let mmap =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|source| WeightsError::Io { path: p.clone(), source })?;
+        let st = SafeTensors::deserialize(&mmap)
+            .map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
+        for (i, t) in layout.tensors.iter().enumerate() {
+            let Ok(view) = st.tensor(&t.name) else { continue };
+            if view.shape() != t.shape.as_slice() {
+                return Err(WeightsError::Shape {
+                    path: p,
+                    name: t.name.clone(),
+                    got: view.shape().to_vec(),
+                    want: t.shape.clone(),
+                });
+            }
+            let dst = &mut params[t.range()];
+            let src = view.data();
+            match view.dtype() {
+                Dtype::F32 => dst
+                    .iter_mut()
+                    .zip(src.chunks_exact(4))
+                    .for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                Dtype::F16 => dst
+                    .iter_mut()
+                    .zip(src.chunks_exact(2))
+                    .for_each(|(d, b)| *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                Dtype::BF16 => dst
+                    .iter_mut()
+                    .zip(src.chunks_exact(2))
+                    .for_each(|(d, b)| *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
+                other => {
+                    return Err(WeightsError::Dtype { path: p, name: t.name.clone(), dtype: format!("{other:?}") });
+                }
+            }
+            found[i] = true;
+        }
+    }
+    if let Some(i) = found.iter().position(|f| !f) {
+        let path = paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+        return Err(WeightsError::Missing { path, name: layout.tensors[i].name.clone() });
+    }
+    Ok(params)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::ModelConfig;
+    use crate::model::params::init_params;
+
+    fn tiny() -> ModelConfig {
+        ModelConfig {
+            vocab_size: 32,
+            dim: 16,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 6,
+            ffn_hidden: 24,
+            max_seq_len: 8,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+            tie_embeddings: false,
+        }
+    }
+
+    #[test]
+    fn save_then_load_is_identical() {
+        let c = tiny();
+        let l = ParamLayout::new(&c);
+        let p = init_params(&c, &l, 1);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("model.safetensors");
+        save_safetensors(&f, &l, &p).unwrap();
+        assert_eq!(load_safetensors(&[&f], &l).unwrap(), p);
+    }
+
+    #[test]
+    fn wrong_shape_is_named() {
+        let c = tiny();
+        let l = ParamLayout::new(&c);
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("model.safetensors");
+        save_safetensors(&f, &l, &init_params(&c, &l, 1)).unwrap();
+        let mut c2 = c.clone();
+        c2.ffn_hidden = 20;
+        let err = load_safetensors(&[&f], &ParamLayout::new(&c2)).unwrap_err().to_string();
+        assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("shape"), "{err}");
+    }
+}

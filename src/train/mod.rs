@@ -1,0 +1,1 @@
+//! Training: AdamW, learning-rate schedule, the pretraining loop and checkpoints.
