@@ -1,5 +1,6 @@
 //! `model.safetensors` with HF Llama tensor names, read into and written from the flat buffer.
 
+use crate::model::config::ModelConfig;
 use crate::model::params::ParamLayout;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::HashMap;
@@ -93,7 +94,6 @@ pub fn load_safetensors(paths: &[&Path], layout: &ParamLayout) -> Result<Vec<f32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::ModelConfig;
     use crate::model::params::init_params;
 
     fn tiny() -> ModelConfig {
@@ -135,4 +135,92 @@ mod tests {
         let err = load_safetensors(&[&f], &ParamLayout::new(&c2)).unwrap_err().to_string();
         assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("shape"), "{err}");
     }
+
+    #[test]
+    fn model_dir_round_trip() {
+        let c = tiny();
+        let p = init_params(&c, &ParamLayout::new(&c), 3);
+        let dir = tempfile::tempdir().unwrap();
+        save_model_dir(dir.path(), &c, &p, Some(0), Some(0)).unwrap();
+        let m = load_model_dir(dir.path()).unwrap();
+        assert_eq!((m.cfg, m.params), (c, p));
+        let err = load_model_dir(&dir.path().join("nope")).err().unwrap().to_string();
+        assert!(err.contains("not a model directory"), "{err}");
+    }
+}
+
+/// A model read from a HF Llama directory.
+pub struct ModelDir {
+    pub cfg: ModelConfig,
+    pub layout: ParamLayout,
+    pub params: Vec<f32>,
+}
+
+/// Reads `config.json` and `model.safetensors` (or the shards named by `model.safetensors.index.json`).
+pub fn load_model_dir(dir: &Path) -> Result<ModelDir, ModelDirError> {
+    if !dir.is_dir() {
+        return Err(ModelDirError::NotADir(dir.display().to_string()));
+    }
+    let cfg = ModelConfig::load_hf(&dir.join("config.json"))?;
+    let layout = ParamLayout::new(&cfg);
+    let files = safetensors_files(dir)?;
+    let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
+    let params = load_safetensors(&refs, &layout)?;
+    Ok(ModelDir { cfg, layout, params })
+}
+
+/// Writes `config.json`, `generation_config.json` and `model.safetensors` into `dir` (not atomic).
+pub fn save_model_dir(
+    dir: &Path,
+    cfg: &ModelConfig,
+    params: &[f32],
+    bos: Option<u32>,
+    eos: Option<u32>,
+) -> Result<(), ModelDirError> {
+    let io = |source| ModelDirError::Io { path: dir.display().to_string(), source };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let json = |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("json values serialise");
+    let hf = serde_json::to_value(cfg.to_hf(bos, eos)).expect("config serialises");
+    std::fs::write(dir.join("config.json"), json(hf)).map_err(io)?;
+    let gen_cfg = serde_json::json!({ "bos_token_id": bos, "eos_token_id": eos, "do_sample": true, "temperature": 0.8, "top_p": 0.95 });
+    std::fs::write(dir.join("generation_config.json"), json(gen_cfg)).map_err(io)?;
+    save_safetensors(&dir.join("model.safetensors"), &ParamLayout::new(cfg), params)?;
+    Ok(())
+}
+
+fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, ModelDirError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).map_err(|_| {
+        ModelDirError::NoWeights(format!(
+            "{}: neither model.safetensors nor model.safetensors.index.json",
+            dir.display()
+        ))
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelDirError::NoWeights(format!("{}: invalid JSON ({e})", index.display())))?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| ModelDirError::NoWeights(format!("{}: no \"weight_map\" object", index.display())))?;
+    let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+    files.sort();
+    files.dedup();
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelDirError {
+    #[error("{0}: not a model directory (expected a folder with config.json and model.safetensors)")]
+    NotADir(String),
+    #[error("{0}")]
+    NoWeights(String),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] crate::model::config::ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
 }
