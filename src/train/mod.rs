@@ -1,1 +1,4 @@
 //! Training: AdamW, learning-rate schedule, the pretraining loop and checkpoints.
+
+pub mod checkpoint;
+pub mod recipe;
