@@ -283,4 +283,13 @@ save_interval = 50
         let r = Recipe::parse(RECIPE, "r", &[]).unwrap();
         assert_eq!(Recipe::parse(&r.to_toml(), "r", &[]).unwrap(), r);
     }
+
+    #[test]
+    fn shipped_recipes_parse() {
+        for f in ["poetry-tiny", "tinystories-zh-microstories", "small-zh"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("recipes/{f}.toml"));
+            let r = Recipe::load(&path, &[]).unwrap_or_else(|e| panic!("{e}"));
+            r.model_config(6400).validate().unwrap();
+        }
+    }
 }
