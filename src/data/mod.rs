@@ -3,12 +3,17 @@
 //! Data flow: [`reader`] streams documents → [`prepare`] filters ([`dedup`]), tokenizes and writes
 //! shards described by a [`Manifest`] → [`loader`] memory-maps the shards for training.
 
+pub mod dedup;
 pub mod loader;
 pub mod manifest;
+pub mod prepare;
 pub mod reader;
 
 use std::path::{Path, PathBuf};
 
+pub use loader::{LoaderState, RandomWindows, SequentialWindows};
+pub use manifest::Manifest;
+pub use prepare::{PrepareOptions, Prepared, prepare};
 pub use reader::{DocReader, Format, expand_inputs};
 
 /// Everything a user can get wrong about corpora, shards and manifests.
