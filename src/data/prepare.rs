@@ -332,3 +332,28 @@ fn parent_of(path: &Path) -> PathBuf {
         _ => PathBuf::from("."),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_writer_stores_u32_little_endian_and_rolls_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = ShardWriter::new(dir.path().to_path_buf(), "train", 4, 3);
+        w.write_doc(&[70_000, 70_001]).unwrap();
+        w.write_doc(&[70_002, 65_537, 0]).unwrap();
+        let split = w.finish().unwrap();
+        assert_eq!((split.docs, split.tokens), (2, 5));
+        let files: Vec<(&str, u64)> = split.shards.iter().map(|s| (s.file.as_str(), s.tokens)).collect();
+        assert_eq!(files, [("train_000.bin", 3), ("train_001.bin", 2)]);
+        let read = |f: &str| -> Vec<u32> {
+            let b = std::fs::read(dir.path().join(f)).unwrap();
+            b.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        assert_eq!(read("train_000.bin"), [70_000, 70_001, 70_002]);
+        assert_eq!(read("train_001.bin"), [65_537, 0]);
+        let sha = format!("{:x}", Sha256::digest(std::fs::read(dir.path().join("train_001.bin")).unwrap()));
+        assert_eq!(split.shards[1].sha256, sha);
+    }
+}
