@@ -2,6 +2,7 @@
 //! names the newest complete one. A save writes into `RUN/.tmp-step-NNNNNN/`, fsyncs every file,
 //! then renames, so a crash at any moment leaves the previous checkpoint intact.
 
+use crate::data::LoaderState;
 use crate::model::ModelConfig;
 use crate::model::weights::{ModelDirError, load_model_dir, save_model_dir};
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
@@ -39,8 +40,8 @@ pub struct TrainerState {
     pub tokens_seen: u64,
     /// Consecutive skipped (non-finite) steps so far.
     pub bad_steps: usize,
-    /// The training data loader's cursor and RNG state.
-    pub loader: serde_json::Value,
+    /// The training data loader's position and RNG state.
+    pub loader: LoaderState,
 }
 
 /// What a save writes.
@@ -230,7 +231,12 @@ mod tests {
             adam_t: step as u64,
             tokens_seen: 10,
             bad_steps: 0,
-            loader: serde_json::json!({"pos": step}),
+            loader: LoaderState {
+                split: "train".into(),
+                seq: 8,
+                total_tokens: 100,
+                rng: rand::SeedableRng::seed_from_u64(step as u64),
+            },
         };
         (cfg, p, state)
     }
