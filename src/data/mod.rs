@@ -8,6 +8,7 @@ pub mod loader;
 pub mod manifest;
 pub mod prepare;
 pub mod reader;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 
