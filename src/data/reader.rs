@@ -124,10 +124,6 @@ impl DocReader {
         }
     }
 
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
-    }
-
     /// Decompressed bytes consumed so far (for throughput reports).
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
