@@ -30,8 +30,8 @@ fn mix(mut x: u64) -> u64 {
 /// similarity s share at least one band with probability 1 - (1 - s^rows)^bands; `bands` and
 /// `rows` are chosen so this S-curve switches at the threshold.
 pub struct MinHasher {
+    /// One seed per hash function; `rows` consecutive functions form a band.
     seeds: Vec<u64>,
-    bands: usize,
     rows: usize,
     ngram: usize,
 }
@@ -43,15 +43,7 @@ impl MinHasher {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(1);
         let seeds = (0..bands * rows).map(|_| rng.random()).collect();
-        MinHasher { seeds, bands, rows, ngram: ngram.max(1) }
-    }
-
-    pub fn bands(&self) -> usize {
-        self.bands
-    }
-
-    pub fn rows(&self) -> usize {
-        self.rows
+        MinHasher { seeds, rows, ngram: ngram.max(1) }
     }
 
     /// One key per band: the band's slice of the MinHash signature hashed with the band index.

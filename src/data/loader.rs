@@ -158,6 +158,11 @@ impl SequentialWindows {
         Ok(SequentialWindows { stream, seq, next: 0 })
     }
 
+    /// Tokens in the split.
+    pub fn total_tokens(&self) -> u64 {
+        self.stream.total
+    }
+
     /// Number of windows in one pass over the split.
     pub fn windows(&self) -> u64 {
         (self.stream.total - 1) / self.seq as u64

@@ -25,6 +25,11 @@ pub fn expand_inputs(patterns: &[String]) -> Result<Vec<PathBuf>, DataError> {
         let path = Path::new(pat);
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         if !name.contains(['*', '?']) {
+            if path.is_dir() {
+                return Err(DataError::NoInput(format!(
+                    "{pat}: is a directory; pass files or a pattern like '{pat}/*.jsonl'"
+                )));
+            }
             if !path.is_file() {
                 return Err(DataError::NoInput(format!("{pat}: no such file")));
             }
@@ -119,10 +124,6 @@ impl DocReader {
         }
     }
 
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
-    }
-
     /// Decompressed bytes consumed so far (for throughput reports).
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
@@ -143,6 +144,11 @@ impl DocReader {
         Ok(Box::new(BufReader::with_capacity(1 << 20, reader)))
     }
 
+    fn looks_like_txt(&self) -> bool {
+        let name = self.files.get(self.next_file.wrapping_sub(1)).and_then(|p| p.file_name()).and_then(|n| n.to_str());
+        name.is_some_and(|n| n.ends_with(".txt") || n.ends_with(".txt.gz"))
+    }
+
     /// Parses the line in `self.buf`: `Ok(None)` for a line that holds no document.
     fn parse_line(&self) -> Result<Option<String>, String> {
         let mut bytes = self.buf.as_slice();
@@ -157,7 +163,10 @@ impl DocReader {
         match self.format {
             Format::Txt => Ok(Some(text.to_string())),
             Format::Jsonl => {
-                let value: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON ({e})"))?;
+                let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+                    let hint = if self.looks_like_txt() { " (a .txt file? pass --format txt)" } else { "" };
+                    format!("invalid JSON ({e}){hint}")
+                })?;
                 let obj = value.as_object().ok_or("the line is JSON but not an object")?;
                 match obj.get(&self.field) {
                     Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),

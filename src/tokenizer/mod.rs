@@ -70,7 +70,7 @@ impl Tok {
 }
 
 /// Size of a text measured in bytes, characters and tokens.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct TextStats {
     pub docs: u64,
     pub bytes: u64,

@@ -41,7 +41,7 @@ pub struct TrainOptions {
 }
 
 /// What a training run read and produced.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TrainSummary {
     pub docs: u64,
     pub bytes: u64,
