@@ -50,3 +50,26 @@ fn chat_rendering_matches_the_stored_jinja_template() {
         assert_eq!(tok.encode(&rendered), ids_of(&case["ids"]));
     }
 }
+
+#[test]
+fn training_reproduces_the_fixture_tokenizer() {
+    // The fixture was trained by `shoucuo tokenizer train` on the sample slice with vocab 800; the
+    // same inputs must give the same tokenizer, so the transformers ids above describe today's code.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tempfile::tempdir().unwrap();
+    let opts = shoucuo::tokenizer::TrainOptions {
+        inputs: vec![root.join("data/tang-poems-sample.jsonl")],
+        format: shoucuo::data::Format::Jsonl,
+        field: "text".into(),
+        vocab_size: 800,
+        skip_bad: false,
+        show_progress: false,
+    };
+    shoucuo::tokenizer::train(&opts, out.path()).unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        let read = |dir: &Path| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap()
+        };
+        assert!(read(out.path()) == read(&root.join("tests/fixtures/tok_small")), "{file} differs from the fixture");
+    }
+}

@@ -9,7 +9,7 @@ use memmap2::Mmap;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::DataError;
+pub use super::DataError;
 pub use super::manifest::Manifest;
 
 /// The tokens of one split as one stream over its shards.
