@@ -14,9 +14,12 @@ pub enum ConfigError {
 }
 
 /// The shape of a LLaMA model. `head_dim` is free: `n_heads * head_dim` need not equal `dim`.
+/// In a recipe, `vocab_size` and `max_seq_len` may be left out (0): the data and the training
+/// sequence length then decide them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    #[serde(default)]
     pub vocab_size: usize,
     pub dim: usize,
     pub n_layers: usize,
@@ -24,7 +27,7 @@ pub struct ModelConfig {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub ffn_hidden: usize,
-    #[serde(default = "default_max_seq_len")]
+    #[serde(default)]
     pub max_seq_len: usize,
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f32,

@@ -15,27 +15,6 @@ pub enum RecipeError {
     Override { arg: String, msg: String },
 }
 
-/// The model shape. `vocab_size` may be left out: it is then taken from the data manifest;
-/// `max_seq_len` defaults to `train.seq_len`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelSection {
-    pub vocab_size: Option<usize>,
-    pub dim: usize,
-    pub n_layers: usize,
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    pub head_dim: usize,
-    pub ffn_hidden: usize,
-    pub max_seq_len: Option<usize>,
-    #[serde(default = "rope_theta")]
-    pub rope_theta: f32,
-    #[serde(default = "norm_eps")]
-    pub norm_eps: f32,
-    #[serde(default = "yes")]
-    pub tie_embeddings: bool,
-}
-
 /// Where the prepared shards and the tokenizer live.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,20 +68,13 @@ pub struct TrainSection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
-    pub model: ModelSection,
+    /// The model shape; `vocab_size` (0 or absent) comes from the data manifest and
+    /// `max_seq_len` (0 or absent) from `train.seq_len`.
+    pub model: ModelConfig,
     pub data: DataSection,
     pub train: TrainSection,
 }
 
-fn rope_theta() -> f32 {
-    10000.0
-}
-fn norm_eps() -> f32 {
-    1e-5
-}
-fn yes() -> bool {
-    true
-}
 fn one() -> usize {
     1
 }
@@ -164,7 +136,7 @@ impl Recipe {
         if t.min_lr > t.lr {
             return Err(format!("train.min_lr ({}) is above train.lr ({})", t.min_lr, t.lr));
         }
-        if self.model.max_seq_len.is_some_and(|m| m < t.seq_len) {
+        if self.model.max_seq_len != 0 && self.model.max_seq_len < t.seq_len {
             return Err(format!("model.max_seq_len is smaller than train.seq_len ({})", t.seq_len));
         }
         Ok(())
@@ -185,20 +157,14 @@ impl Recipe {
 
     /// The model config, with the vocabulary size from the data when the recipe leaves it out.
     pub fn model_config(&self, data_vocab: usize) -> ModelConfig {
-        let m = &self.model;
-        ModelConfig {
-            vocab_size: m.vocab_size.unwrap_or(data_vocab),
-            dim: m.dim,
-            n_layers: m.n_layers,
-            n_heads: m.n_heads,
-            n_kv_heads: m.n_kv_heads,
-            head_dim: m.head_dim,
-            ffn_hidden: m.ffn_hidden,
-            max_seq_len: m.max_seq_len.unwrap_or(self.train.seq_len),
-            rope_theta: m.rope_theta,
-            norm_eps: m.norm_eps,
-            tie_embeddings: m.tie_embeddings,
+        let mut cfg = self.model.clone();
+        if cfg.vocab_size == 0 {
+            cfg.vocab_size = data_vocab;
         }
+        if cfg.max_seq_len == 0 {
+            cfg.max_seq_len = self.train.seq_len;
+        }
+        cfg
     }
 
     pub fn to_toml(&self) -> String {
