@@ -5,6 +5,7 @@
 //! pass over the weights. A sequence that finishes (stop token, stop string, max tokens, full
 //! context) frees its slot for the next prompt.
 
+pub mod chat;
 pub mod sampling;
 
 use crate::model::infer::{InferError, InferModel, KvCache, Scratch};
