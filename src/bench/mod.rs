@@ -1,6 +1,7 @@
 //! `shoucuo bench …`: machine-readable speed measurements (human lines on stderr, one JSON line on stdout).
 
 pub mod data;
+pub mod decode;
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`), or 0 where unknown.
 pub fn peak_rss_mib() -> f64 {

@@ -4,10 +4,13 @@ use crate::bench;
 pub enum Command {
     /// Data pipeline throughput: tokenizer training, encoding MB/s, `data prepare` MB/s.
     Data(bench::data::Args),
+    /// Prefill and decode tokens/s (batch 1 and batched) on a preset's shape with random weights.
+    Decode(bench::decode::Args),
 }
 
 pub fn run(c: Command) -> anyhow::Result<()> {
     match c {
         Command::Data(a) => bench::data::run(a),
+        Command::Decode(a) => bench::decode::run(a),
     }
 }

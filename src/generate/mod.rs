@@ -1,1 +1,223 @@
 //! Sampling and (batched) generation on top of the KV-cache inference path.
+//!
+//! [`generate`] keeps up to `batch_size` sequences in flight: each new prompt is prefilled alone
+//! (GEMM), then all live sequences advance together, one token each per step, through one batched
+//! pass over the weights. A sequence that finishes (stop token, stop string, max tokens, full
+//! context) frees its slot for the next prompt.
+
+pub mod chat;
+pub mod sampling;
+
+use crate::model::infer::{InferError, InferModel, KvCache, Scratch};
+use crate::tokenizer::Tok;
+pub use sampling::{Sampler, SamplingParams, SeqSampler};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    #[error("prompt {index} is empty; give at least one token of text")]
+    EmptyPrompt { index: usize },
+    #[error(
+        "prompt {index} has {len} tokens but the context window is {cap}; shorten it (or pass a model with a longer max_position_embeddings)"
+    )]
+    PromptTooLong { index: usize, len: usize, cap: usize },
+    #[error("invalid sampling settings: {0}")]
+    Params(String),
+    #[error(transparent)]
+    Infer(#[from] InferError),
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// One of `stop_tokens` was drawn.
+    StopToken,
+    /// The text reached one of `stop_strings`.
+    StopString,
+    /// `max_new_tokens` were generated.
+    Length,
+    /// The context window is full.
+    Context,
+}
+
+/// One finished sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Generated tokens (a final stop token is not included).
+    pub tokens: Vec<u32>,
+    /// Their text, cut before the first stop string.
+    pub text: String,
+    pub finish: Finish,
+}
+
+/// Generates a continuation for every prompt, `batch_size` sequences at a time.
+/// `on_token(i, token)` is called for each new token of prompt i as it is drawn (for streaming;
+/// a final stop token is not reported). Results come back in prompt order.
+pub fn generate(
+    model: &InferModel,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    p: &SamplingParams,
+    batch_size: usize,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Generation>, GenerateError> {
+    p.validate().map_err(GenerateError::Params)?;
+    let cfg = &model.cfg;
+    let cap = cfg.max_seq_len;
+    for (index, pr) in prompts.iter().enumerate() {
+        if pr.is_empty() {
+            return Err(GenerateError::EmptyPrompt { index });
+        }
+        if pr.len() >= cap {
+            return Err(GenerateError::PromptTooLong { index, len: pr.len(), cap });
+        }
+    }
+    let b = batch_size.clamp(1, prompts.len().max(1));
+    let mut scratch = Scratch::new(model, b.max(64));
+    let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(cfg, cap)).collect();
+    let mut sampler = Sampler::new(cfg.vocab_size);
+    let mut slots: Vec<Option<Live>> = (0..b).map(|_| None).collect();
+    let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
+    let mut next = 0;
+    let mut rows: Vec<(usize, u32)> = Vec::with_capacity(b);
+    loop {
+        for (si, slot) in slots.iter_mut().enumerate() {
+            while slot.is_none() && next < prompts.len() {
+                let (i, prompt) = (next, &prompts[next]);
+                next += 1;
+                let cache = &mut caches[si];
+                cache.clear();
+                let logits = model.prefill(&mut scratch, cache, prompt)?;
+                let mut live =
+                    Live { index: i, seq: SeqSampler::new(p, i as u64, cfg.vocab_size, prompt), tokens: vec![] };
+                let t = sampler.sample(logits, p, &mut live.seq);
+                match live.push(t, p, tok, cache.len(), cap, on_token) {
+                    Some(g) => out[i] = Some(g),
+                    None => *slot = Some(live),
+                }
+            }
+        }
+        rows.clear();
+        rows.extend(slots.iter().enumerate().filter_map(|(si, s)| s.as_ref().map(|l| (si, l.last()))));
+        if rows.is_empty() {
+            break;
+        }
+        let logits = model.decode(&mut scratch, &mut caches, &rows)?;
+        for (&(si, _), l) in rows.iter().zip(logits.chunks_exact(cfg.vocab_size)) {
+            let Some(live) = slots[si].as_mut() else { continue };
+            let t = sampler.sample(l, p, &mut live.seq);
+            if let Some(g) = live.push(t, p, tok, caches[si].len(), cap, on_token) {
+                out[live.index] = Some(g);
+                slots[si] = None;
+            }
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// A sequence in flight.
+struct Live {
+    index: usize,
+    seq: SeqSampler,
+    tokens: Vec<u32>,
+}
+
+impl Live {
+    fn last(&self) -> u32 {
+        self.tokens.last().copied().unwrap_or(0)
+    }
+
+    /// Takes token `t`; returns the result when the sequence is finished. `filled`: positions
+    /// already in the cache (the new token still needs one more).
+    fn push(
+        &mut self,
+        t: u32,
+        p: &SamplingParams,
+        tok: &Tok,
+        filled: usize,
+        cap: usize,
+        on_token: &mut dyn FnMut(usize, u32),
+    ) -> Option<Generation> {
+        let done = |tokens: &mut Vec<u32>, finish| {
+            let text = cut_at_stop(tok.decode(tokens), &p.stop_strings);
+            Some(Generation { tokens: std::mem::take(tokens), text, finish })
+        };
+        if p.stop_tokens.contains(&t) {
+            return done(&mut self.tokens, Finish::StopToken);
+        }
+        self.tokens.push(t);
+        self.seq.accept(t);
+        on_token(self.index, t);
+        if !p.stop_strings.is_empty() {
+            let text = tok.decode(&self.tokens);
+            if p.stop_strings.iter().any(|s| text.contains(s.as_str())) {
+                return done(&mut self.tokens, Finish::StopString);
+            }
+        }
+        if self.tokens.len() >= p.max_new_tokens {
+            return done(&mut self.tokens, Finish::Length);
+        }
+        if filled >= cap {
+            return done(&mut self.tokens, Finish::Context);
+        }
+        None
+    }
+}
+
+/// Cuts `text` before the earliest occurrence of any stop string.
+pub fn cut_at_stop(mut text: String, stops: &[String]) -> String {
+    if let Some(at) = stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text.find(s.as_str())).min() {
+        text.truncate(at);
+    }
+    text
+}
+
+/// Turns a stream of tokens into printable text pieces: holds back an incomplete UTF-8 character
+/// and anything that could still become a stop string.
+pub struct TextStream<'a> {
+    tok: &'a Tok,
+    stops: &'a [String],
+    tokens: Vec<u32>,
+    printed: usize,
+}
+
+impl<'a> TextStream<'a> {
+    pub fn new(tok: &'a Tok, stops: &'a [String]) -> Self {
+        TextStream { tok, stops, tokens: vec![], printed: 0 }
+    }
+
+    /// Adds a token; returns the text that is now safe to print.
+    pub fn push(&mut self, t: u32) -> String {
+        self.tokens.push(t);
+        let text = cut_at_stop(self.tok.decode(&self.tokens), self.stops);
+        let mut end = text.len();
+        if text.ends_with('\u{FFFD}') {
+            end = text.trim_end_matches('\u{FFFD}').len();
+        }
+        // Hold back a suffix that is a prefix of some stop string.
+        for s in self.stops {
+            for k in (1..s.len()).rev() {
+                if s.is_char_boundary(k) && text[..end].ends_with(&s[..k]) {
+                    end -= k;
+                    break;
+                }
+            }
+        }
+        self.take(&text, end)
+    }
+
+    /// The rest of the text once the sequence is done.
+    pub fn finish(&mut self) -> String {
+        let text = cut_at_stop(self.tok.decode(&self.tokens), self.stops);
+        let end = text.len();
+        self.take(&text, end)
+    }
+
+    fn take(&mut self, text: &str, end: usize) -> String {
+        if end <= self.printed || !text.is_char_boundary(self.printed) || !text.is_char_boundary(end) {
+            return String::new();
+        }
+        let piece = text[self.printed..end].to_string();
+        self.printed = end;
+        piece
+    }
+}

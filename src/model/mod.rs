@@ -1,6 +1,7 @@
 //! The LLaMA model: shape, parameters, kernels, the training forward/backward pass, and inference.
 
 pub mod config;
+pub mod infer;
 pub mod params;
 pub mod weights;
 

@@ -1,0 +1,227 @@
+//! Choosing the next token from logits: penalties, then temperature, top-k, top-p, min-p, then a
+//! draw from the seeded RNG of the sequence (greedy when temperature is 0).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// How to pick tokens and when to stop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// 0 = greedy (argmax).
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches top_p (1 = all).
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p times the most likely one (0 = none).
+    pub min_p: f32,
+    /// CTRL-style: logits of tokens already in the prompt or output are divided by this when
+    /// positive, multiplied when negative (1 = off).
+    pub repetition_penalty: f32,
+    /// Subtracted from a token's logit once per time it was already generated (0 = off).
+    pub frequency_penalty: f32,
+    pub max_new_tokens: usize,
+    /// Generation ends when one of these tokens is drawn (not included in the output).
+    pub stop_tokens: Vec<u32>,
+    /// Generation ends when the text contains one of these (the text is cut before it).
+    pub stop_strings: Vec<String>,
+    /// Prompt i draws from ChaCha8Rng(seed) on stream i: the same seed gives the same text,
+    /// whatever the batch size.
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 0,
+            top_p: 0.95,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            max_new_tokens: 256,
+            stop_tokens: vec![],
+            stop_strings: vec![],
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding of up to `max_new_tokens`.
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        SamplingParams { temperature: 0.0, top_p: 1.0, max_new_tokens, ..Default::default() }
+    }
+
+    /// Rejects values that make no sense, naming the flag.
+    pub fn validate(&self) -> Result<(), String> {
+        let bad = |ok: bool, m: &str| if ok { Ok(()) } else { Err(m.to_string()) };
+        bad(self.temperature >= 0.0 && self.temperature.is_finite(), "temperature must be >= 0")?;
+        bad(self.top_p > 0.0 && self.top_p <= 1.0, "top-p must be in (0, 1]")?;
+        bad((0.0..1.0).contains(&self.min_p), "min-p must be in [0, 1)")?;
+        bad(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite(), "repetition-penalty must be > 0")?;
+        bad(self.frequency_penalty.is_finite(), "frequency-penalty must be finite")
+    }
+}
+
+/// Per-sequence sampling state: its RNG and what it has seen.
+pub struct SeqSampler {
+    rng: ChaCha8Rng,
+    /// Times each token was generated, and which tokens the prompt or output contain.
+    generated: Vec<u32>,
+    seen: Vec<bool>,
+    touched: Vec<u32>,
+}
+
+impl SeqSampler {
+    pub fn new(p: &SamplingParams, stream: u64, vocab: usize, prompt: &[u32]) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+        rng.set_stream(stream);
+        let mut s = SeqSampler { rng, generated: vec![0; vocab], seen: vec![false; vocab], touched: vec![] };
+        prompt.iter().for_each(|&t| s.mark(t));
+        s
+    }
+
+    fn mark(&mut self, t: u32) {
+        if let Some(seen) = self.seen.get_mut(t as usize)
+            && !*seen
+        {
+            *seen = true;
+            self.touched.push(t);
+        }
+    }
+
+    /// Records a chosen token.
+    pub fn accept(&mut self, t: u32) {
+        self.mark(t);
+        if let Some(c) = self.generated.get_mut(t as usize) {
+            *c += 1;
+        }
+    }
+}
+
+/// Scratch shared by all sequences: [vocab] buffers, reused every step.
+pub struct Sampler {
+    work: Vec<f32>,
+    idx: Vec<u32>,
+}
+
+impl Sampler {
+    pub fn new(vocab: usize) -> Self {
+        Sampler { work: vec![0.0; vocab], idx: Vec::with_capacity(vocab) }
+    }
+
+    /// Picks the next token of a sequence from its logits [vocab].
+    pub fn sample(&mut self, logits: &[f32], p: &SamplingParams, seq: &mut SeqSampler) -> u32 {
+        let w = &mut self.work[..logits.len()];
+        w.copy_from_slice(logits);
+        for &t in &seq.touched {
+            let l = &mut w[t as usize];
+            if p.repetition_penalty != 1.0 {
+                *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+            }
+            *l -= p.frequency_penalty * seq.generated[t as usize] as f32;
+        }
+        if p.temperature <= 0.0 {
+            return argmax(w);
+        }
+        // Softmax at this temperature (unnormalised: mass is tracked explicitly).
+        let max = w.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let inv_t = 1.0 / p.temperature;
+        let mut total = 0.0;
+        for l in w.iter_mut() {
+            *l = ((*l - max) * inv_t).exp();
+            total += *l;
+        }
+        // Candidates: min-p keeps p >= min_p * pmax (pmax is 1 here); top-p cannot keep a token
+        // below (1 - top_p) / (V - 1) of the mass, so those never need sorting.
+        let floor =
+            (p.min_p).max(if p.top_p < 1.0 { (1.0 - p.top_p) / (w.len() - 1).max(1) as f32 * total } else { 0.0 });
+        self.idx.clear();
+        self.idx.extend((0..w.len() as u32).filter(|&i| w[i as usize] >= floor));
+        let by_prob = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]);
+        if p.top_k > 0 && p.top_k < self.idx.len() {
+            self.idx.select_nth_unstable_by(p.top_k - 1, by_prob);
+            self.idx.truncate(p.top_k);
+        }
+        let mut mass: f32 = self.idx.iter().map(|&i| w[i as usize]).sum();
+        if p.top_p < 1.0 {
+            self.idx.sort_unstable_by(by_prob);
+            let (target, mut acc) = (p.top_p * total, 0.0);
+            let mut keep = self.idx.len();
+            for (j, &i) in self.idx.iter().enumerate() {
+                acc += w[i as usize];
+                if acc >= target {
+                    keep = j + 1;
+                    break;
+                }
+            }
+            self.idx.truncate(keep);
+            mass = self.idx.iter().map(|&i| w[i as usize]).sum();
+        }
+        let mut r = seq.rng.random::<f32>() * mass;
+        for &i in &self.idx {
+            r -= w[i as usize];
+            if r <= 0.0 {
+                return i;
+            }
+        }
+        self.idx.last().copied().unwrap_or_else(|| argmax(w))
+    }
+}
+
+pub fn argmax(v: &[f32]) -> u32 {
+    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draw(logits: &[f32], p: &SamplingParams, n: usize) -> Vec<u32> {
+        let mut s = Sampler::new(logits.len());
+        let mut seq = SeqSampler::new(p, 0, logits.len(), &[]);
+        (0..n).map(|_| s.sample(logits, p, &mut seq)).collect()
+    }
+
+    #[test]
+    fn greedy_takes_argmax_and_penalties_move_it() {
+        let l = [1.0, 3.0, 2.0, -1.0];
+        let p = SamplingParams::greedy(1);
+        assert_eq!(draw(&l, &p, 1), [1]);
+        let mut s = Sampler::new(4);
+        let rp = SamplingParams { repetition_penalty: 2.0, ..p.clone() };
+        let mut seq = SeqSampler::new(&rp, 0, 4, &[1]);
+        assert_eq!(s.sample(&l, &rp, &mut seq), 2, "3/2 < 2");
+        let fp = SamplingParams { frequency_penalty: 0.6, ..p };
+        let mut seq = SeqSampler::new(&fp, 0, 4, &[]);
+        seq.accept(1);
+        assert_eq!(s.sample(&l, &fp, &mut seq), 1, "one count: 3-0.6 > 2");
+        seq.accept(1);
+        assert_eq!(s.sample(&l, &fp, &mut seq), 2, "two counts: 3-1.2 < 2");
+    }
+
+    #[test]
+    fn top_k_top_p_min_p_restrict_the_candidates() {
+        let l = [2.0, 1.9, 1.8, 0.0, -2.0];
+        let base = SamplingParams { temperature: 1.0, top_p: 1.0, ..Default::default() };
+        let all: std::collections::BTreeSet<u32> = draw(&l, &base, 2000).into_iter().collect();
+        assert_eq!(all.len(), 5, "every token is drawn sometimes: {all:?}");
+        let k2 = SamplingParams { top_k: 2, ..base.clone() };
+        assert!(draw(&l, &k2, 500).iter().all(|&t| t < 2));
+        // probs ~ .35 .31 .28 .05 .006: top-p .5 keeps the first two
+        let tp = SamplingParams { top_p: 0.5, ..base.clone() };
+        assert!(draw(&l, &tp, 500).iter().all(|&t| t < 2));
+        let mp = SamplingParams { min_p: 0.5, ..base };
+        let got: std::collections::BTreeSet<u32> = draw(&l, &mp, 500).into_iter().collect();
+        assert_eq!(got, [0, 1, 2].into());
+    }
+
+    #[test]
+    fn same_seed_same_draws_other_seed_other_draws() {
+        let l: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let p = SamplingParams { temperature: 1.0, top_p: 1.0, seed: 7, ..Default::default() };
+        assert_eq!(draw(&l, &p, 50), draw(&l, &p, 50));
+        assert_ne!(draw(&l, &p, 50), draw(&l, &SamplingParams { seed: 8, ..p }, 50));
+    }
+}

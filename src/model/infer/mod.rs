@@ -1,0 +1,355 @@
+//! Inference: weights packed for fast products (f32 or q8_0), a preallocated per-sequence KV cache,
+//! prefill through GEMM and batched decode through threaded matrix–vector kernels.
+//!
+//! One step runs a list of rows `(cache, token)` through the model. Each row sits at the next free
+//! position of its cache; several rows of one cache (a prompt) take consecutive positions.
+//! All buffers live in [`Scratch`] and [`KvCache`], sized once: a decode step allocates nothing.
+
+pub mod kernels;
+
+use crate::model::config::ModelConfig;
+use crate::model::params::ParamLayout;
+use crate::model::weights::{ModelDirError, load_model_dir};
+pub use kernels::Quant;
+use kernels::{Matrix, attend, matmul, matmul_many, rmsnorm, rope};
+use rayon::prelude::*;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error(transparent)]
+    ModelDir(#[from] ModelDirError),
+    #[error(transparent)]
+    Config(#[from] crate::model::config::ConfigError),
+    #[error("parameter buffer holds {got} values but the config needs {want}; the weights do not match the config")]
+    ParamCount { got: usize, want: usize },
+    #[error("{need} tokens do not fit the context window of {cap}; shorten the prompt or lower max_new_tokens")]
+    ContextFull { need: usize, cap: usize },
+    #[error("token id {id} is outside the model's vocabulary of {vocab}; the tokenizer does not match the model")]
+    BadToken { id: u32, vocab: usize },
+    #[error("{rows} rows in one step but the scratch holds {max}")]
+    TooManyRows { rows: usize, max: usize },
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// q, k and v projections stacked: [q_dim + 2*kv_dim, dim].
+    wqkv: Matrix,
+    wo: Matrix,
+    ffn_norm: Vec<f32>,
+    /// gate and up projections stacked: [2*ffn, dim].
+    w13: Matrix,
+    w_down: Matrix,
+}
+
+/// A model ready for inference.
+pub struct InferModel {
+    pub cfg: ModelConfig,
+    pub quant: Quant,
+    embed: Vec<f32>,
+    layers: Vec<Layer>,
+    final_norm: Vec<f32>,
+    lm_head: Matrix,
+    /// [max_seq_len, head_dim/2] each.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+/// Keys and values of one sequence: k, v: [n_layers, cap, kv_dim].
+pub struct KvCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    cap: usize,
+    len: usize,
+}
+
+impl KvCache {
+    /// A cache for `cap` positions (at most the model's `max_seq_len`).
+    pub fn new(cfg: &ModelConfig, cap: usize) -> Self {
+        let cap = cap.min(cfg.max_seq_len);
+        let n = cfg.n_layers * cap * cfg.kv_dim();
+        KvCache { k: vec![0.0; n], v: vec![0.0; n], cap, len: 0 }
+    }
+    /// Positions filled so far (the position of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+    /// Forgets the sequence; the memory is kept.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+}
+
+/// Activation buffers for up to `max_rows` rows per step.
+pub struct Scratch {
+    max_rows: usize,
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    scores: Vec<f32>,
+    h13: Vec<f32>,
+    h: Vec<f32>,
+    pos: Vec<usize>,
+    last: Vec<usize>,
+    logits: Vec<f32>,
+}
+
+impl Scratch {
+    pub fn new(m: &InferModel, max_rows: usize) -> Self {
+        let c = &m.cfg;
+        let r = max_rows.max(1);
+        Scratch {
+            max_rows: r,
+            x: vec![0.0; r * c.dim],
+            xn: vec![0.0; r * c.dim],
+            qkv: vec![0.0; r * (c.q_dim() + 2 * c.kv_dim())],
+            att: vec![0.0; r * c.q_dim()],
+            scores: vec![0.0; r * c.n_heads * c.max_seq_len],
+            h13: vec![0.0; r * 2 * c.ffn_hidden],
+            h: vec![0.0; r * c.ffn_hidden],
+            pos: vec![0; r],
+            last: Vec::with_capacity(r),
+            logits: vec![0.0; r * c.vocab_size],
+        }
+    }
+    pub fn max_rows(&self) -> usize {
+        self.max_rows
+    }
+}
+
+/// Which rows of a step get logits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every row (tests, scoring).
+    All,
+    /// The last row of each cache in the step, in order of appearance (prefill, decode).
+    Last,
+}
+
+impl InferModel {
+    /// Loads a HF Llama directory (config.json + safetensors).
+    pub fn from_dir(dir: &Path, quant: Quant) -> Result<Self, InferError> {
+        let m = load_model_dir(dir)?;
+        Self::new(&m.cfg, &m.params, quant)
+    }
+
+    /// Packs a flat parameter buffer (layout of [`ParamLayout`]) for inference.
+    pub fn new(cfg: &ModelConfig, params: &[f32], quant: Quant) -> Result<Self, InferError> {
+        cfg.validate()?;
+        let lay = ParamLayout::new(cfg);
+        if params.len() != lay.total() {
+            return Err(InferError::ParamCount { got: params.len(), want: lay.total() });
+        }
+        let (d, f, qd, kvd) = (cfg.dim, cfg.ffn_hidden, cfg.q_dim(), cfg.kv_dim());
+        let stack = |parts: &[&std::ops::Range<usize>]| -> Vec<f32> {
+            parts.iter().flat_map(|r| params[(*r).clone()].iter().copied()).collect()
+        };
+        let layers = lay
+            .layers
+            .iter()
+            .map(|l| Layer {
+                attn_norm: params[l.attn_norm.clone()].to_vec(),
+                wqkv: Matrix::new(&stack(&[&l.wq, &l.wk, &l.wv]), qd + 2 * kvd, d, quant),
+                wo: Matrix::new(&params[l.wo.clone()], d, qd, quant),
+                ffn_norm: params[l.ffn_norm.clone()].to_vec(),
+                w13: Matrix::new(&stack(&[&l.w_gate, &l.w_up]), 2 * f, d, quant),
+                w_down: Matrix::new(&params[l.w_down.clone()], d, f, quant),
+            })
+            .collect();
+        let half = cfg.head_dim / 2;
+        let mut cos = vec![0.0; cfg.max_seq_len * half];
+        let mut sin = vec![0.0; cfg.max_seq_len * half];
+        for p in 0..cfg.max_seq_len {
+            for i in 0..half {
+                let inv_freq = 1.0 / (cfg.rope_theta as f64).powf(2.0 * i as f64 / cfg.head_dim as f64);
+                let a = p as f64 * inv_freq;
+                cos[p * half + i] = a.cos() as f32;
+                sin[p * half + i] = a.sin() as f32;
+            }
+        }
+        Ok(InferModel {
+            cfg: cfg.clone(),
+            quant,
+            embed: params[lay.embed.clone()].to_vec(),
+            layers,
+            final_norm: params[lay.final_norm.clone()].to_vec(),
+            lm_head: Matrix::new(&params[lay.lm_head.clone()], cfg.vocab_size, d, quant),
+            cos,
+            sin,
+        })
+    }
+
+    /// Bytes of weights read by one decode step (all matrices; norms and the one embedding row aside).
+    pub fn weight_bytes(&self) -> usize {
+        self.lm_head.bytes()
+            + self
+                .layers
+                .iter()
+                .map(|l| l.wqkv.bytes() + l.wo.bytes() + l.w13.bytes() + l.w_down.bytes())
+                .sum::<usize>()
+    }
+
+    /// Appends `tokens` to one sequence (chunks of `s.max_rows()` through GEMM) and returns the
+    /// logits of its last token: [vocab].
+    pub fn prefill<'s>(
+        &self,
+        s: &'s mut Scratch,
+        cache: &mut KvCache,
+        tokens: &[u32],
+    ) -> Result<&'s [f32], InferError> {
+        let need = cache.len + tokens.len();
+        if need > cache.cap {
+            return Err(InferError::ContextFull { need, cap: cache.cap });
+        }
+        let chunk = s.max_rows;
+        let caches = std::slice::from_mut(cache);
+        let mut rows = Vec::with_capacity(chunk.min(tokens.len()));
+        for part in tokens.chunks(chunk) {
+            rows.clear();
+            rows.extend(part.iter().map(|&t| (0, t)));
+            self.step(s, caches, &rows, Logits::Last, true)?;
+        }
+        Ok(&s.logits[..self.cfg.vocab_size])
+    }
+
+    /// One decode step: row i appends `rows[i].1` to cache `rows[i].0` (distinct caches).
+    /// Returns logits [rows, vocab].
+    pub fn decode<'s>(
+        &self,
+        s: &'s mut Scratch,
+        caches: &mut [KvCache],
+        rows: &[(usize, u32)],
+    ) -> Result<&'s [f32], InferError> {
+        self.step(s, caches, rows, Logits::Last, false)
+    }
+
+    /// Runs `rows` through the model and returns the logits of the rows picked by `which`:
+    /// [picked, vocab]. `gemm` picks the prefill product (GEMM) over the batched matrix–vector one.
+    pub fn step<'s>(
+        &self,
+        s: &'s mut Scratch,
+        caches: &mut [KvCache],
+        rows: &[(usize, u32)],
+        which: Logits,
+        gemm: bool,
+    ) -> Result<&'s [f32], InferError> {
+        let c = &self.cfg;
+        let nr = rows.len();
+        if nr > s.max_rows {
+            return Err(InferError::TooManyRows { rows: nr, max: s.max_rows });
+        }
+        let (d, hd, qd, kvd, f) = (c.dim, c.head_dim, c.q_dim(), c.kv_dim(), c.ffn_hidden);
+        let qkvd = qd + 2 * kvd;
+        for &(ci, tok) in rows {
+            if tok as usize >= c.vocab_size {
+                return Err(InferError::BadToken { id: tok, vocab: c.vocab_size });
+            }
+            if ci >= caches.len() {
+                return Err(InferError::TooManyRows { rows: ci + 1, max: caches.len() });
+            }
+        }
+        for (i, &(ci, _)) in rows.iter().enumerate() {
+            s.pos[i] = caches[ci].len;
+            caches[ci].len += 1;
+        }
+        if let Some(&(ci, _)) = rows.iter().find(|r| caches[r.0].len > caches[r.0].cap) {
+            let (need, cap) = (caches[ci].len, caches[ci].cap);
+            rows.iter().for_each(|r| caches[r.0].len -= 1);
+            return Err(InferError::ContextFull { need, cap });
+        }
+        let mm = |out: &mut [f32], x: &[f32], w: &Matrix| {
+            if gemm { matmul_many(out, x, w, nr) } else { matmul(out, x, w, nr) }
+        };
+        for (i, &(_, tok)) in rows.iter().enumerate() {
+            let t = tok as usize;
+            s.x[i * d..(i + 1) * d].copy_from_slice(&self.embed[t * d..(t + 1) * d]);
+        }
+        let half = hd / 2;
+        for (l, layer) in self.layers.iter().enumerate() {
+            rmsnorm(&mut s.xn[..nr * d], &s.x[..nr * d], &layer.attn_norm, d, c.norm_eps);
+            mm(&mut s.qkv[..nr * qkvd], &s.xn[..nr * d], &layer.wqkv);
+            for (i, &(ci, _)) in rows.iter().enumerate() {
+                let p = s.pos[i];
+                let (cs, sn) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
+                let row = &mut s.qkv[i * qkvd..(i + 1) * qkvd];
+                let (q, kv) = row.split_at_mut(qd);
+                rope(q, hd, cs, sn);
+                rope(&mut kv[..kvd], hd, cs, sn);
+                let cache = &mut caches[ci];
+                let at = (l * cache.cap + p) * kvd;
+                cache.k[at..at + kvd].copy_from_slice(&kv[..kvd]);
+                cache.v[at..at + kvd].copy_from_slice(&kv[kvd..]);
+            }
+            self.attention(s, caches, rows, l);
+            mm(&mut s.xn[..nr * d], &s.att[..nr * qd], &layer.wo);
+            s.x[..nr * d].iter_mut().zip(&s.xn[..nr * d]).for_each(|(x, y)| *x += y);
+            rmsnorm(&mut s.xn[..nr * d], &s.x[..nr * d], &layer.ffn_norm, d, c.norm_eps);
+            mm(&mut s.h13[..nr * 2 * f], &s.xn[..nr * d], &layer.w13);
+            for (h, g) in s.h[..nr * f].chunks_exact_mut(f).zip(s.h13.chunks_exact(2 * f)) {
+                let (gate, up) = g.split_at(f);
+                for ((h, g), u) in h.iter_mut().zip(gate).zip(up) {
+                    *h = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            mm(&mut s.xn[..nr * d], &s.h[..nr * f], &layer.w_down);
+            s.x[..nr * d].iter_mut().zip(&s.xn[..nr * d]).for_each(|(x, y)| *x += y);
+        }
+        // Final norm of the rows that need logits, packed to the front of xn.
+        s.last.clear();
+        match which {
+            Logits::All => s.last.extend(0..nr),
+            Logits::Last => {
+                for i in 0..nr {
+                    if !rows[i + 1..].iter().any(|r| r.0 == rows[i].0) {
+                        s.last.push(i);
+                    }
+                }
+            }
+        }
+        for (j, &i) in s.last.iter().enumerate() {
+            rmsnorm(&mut s.xn[j * d..(j + 1) * d], &s.x[i * d..(i + 1) * d], &self.final_norm, d, c.norm_eps);
+        }
+        let nl = s.last.len();
+        let v = c.vocab_size;
+        if gemm && nl > 1 {
+            matmul_many(&mut s.logits[..nl * v], &s.xn[..nl * d], &self.lm_head, nl);
+        } else {
+            matmul(&mut s.logits[..nl * v], &s.xn[..nl * d], &self.lm_head, nl);
+        }
+        Ok(&s.logits[..nl * v])
+    }
+
+    /// Causal attention of every row over its cache (keys/values already written), into `s.att`.
+    fn attention(&self, s: &mut Scratch, caches: &[KvCache], rows: &[(usize, u32)], l: usize) {
+        let c = &self.cfg;
+        let (hd, nh, qd, kvd) = (c.head_dim, c.n_heads, c.q_dim(), c.kv_dim());
+        let qkvd = qd + 2 * kvd;
+        let group = nh / c.n_kv_heads;
+        let nr = rows.len();
+        let (qkv, pos) = (&s.qkv, &s.pos);
+        let cap_all = c.max_seq_len;
+        let one = |(j, (out, sc)): (usize, (&mut [f32], &mut [f32]))| {
+            let (i, h) = (j / nh, j % nh);
+            let cache = &caches[rows[i].0];
+            let lo = l * cache.cap * kvd;
+            let hi = lo + cache.cap * kvd;
+            let q = &qkv[i * qkvd + h * hd..i * qkvd + (h + 1) * hd];
+            attend(out, sc, q, &cache.k[lo..hi], &cache.v[lo..hi], kvd, (h / group) * hd, pos[i]);
+        };
+        let work: usize = (0..nr).map(|i| pos[i] + 1).sum::<usize>() * nh * hd;
+        let outs = &mut s.att[..nr * qd];
+        let scs = &mut s.scores[..nr * nh * cap_all];
+        if work < 1 << 15 {
+            outs.chunks_mut(hd).zip(scs.chunks_mut(cap_all)).enumerate().for_each(one);
+        } else {
+            outs.par_chunks_mut(hd).zip(scs.par_chunks_mut(cap_all)).enumerate().for_each(one);
+        }
+    }
+}
