@@ -34,7 +34,7 @@ fn trains_a_loadable_tokenizer_with_special_tokens_and_chat_template() {
         assert_eq!(tok.token_id(s), Some(i as u32), "{s}");
         assert_eq!(tok.encode(s), vec![i as u32], "{s} must encode as one token");
     }
-    assert_eq!(tok.eos_id(), 0);
+    assert_eq!(tok.eos_id(), Some(0));
     assert_eq!(tok.chat_template().as_deref(), Some(CHATML_TEMPLATE));
     let chat = render_chatml(&[("user", "月")], true);
     let ids = tok.encode(&chat);

@@ -86,7 +86,7 @@ impl SamplingArgs {
             repetition_penalty: self.repetition_penalty,
             frequency_penalty: self.frequency_penalty,
             max_new_tokens: self.max_new_tokens,
-            stop_tokens: ["<|endoftext|>", "<|im_end|>"].iter().filter_map(|t| tok.token_id(t)).collect(),
+            stop_tokens: tok.eos_id().into_iter().chain(tok.token_id("<|im_end|>")).collect(),
             stop_strings: self.stop.clone(),
             seed: self.seed,
         };

@@ -63,6 +63,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Prepared, DataError> {
         return Err(DataError::NoInput(format!("--minhash-threshold {t} must be between 0 and 1")));
     }
     let mut tok = Tok::load(&opts.tokenizer).map_err(|e| DataError::Tokenizer(format!("{e:#}")))?;
+    let eos = tok.eos_id().ok_or_else(|| {
+        DataError::Tokenizer(format!(
+            "{}: no end-of-text token (<|endoftext|> or eos_token in tokenizer_config.json) to end documents with",
+            opts.tokenizer.display()
+        ))
+    })?;
     // Text that merely spells a special token ("<|endoftext|>") is data, not a document boundary.
     tok.inner.set_encode_special_tokens(true);
     let bytes_per_token = if tok.vocab_size() <= 1 << 16 { 2 } else { 4 };
@@ -116,7 +122,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Prepared, DataError> {
             .par_iter()
             .map(|text| {
                 let mut ids = tok.encode(text);
-                ids.push(tok.eos_id());
+                ids.push(eos);
                 ids
             })
             .collect();
@@ -152,7 +158,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<Prepared, DataError> {
         format_version: 1,
         dtype: if bytes_per_token == 2 { "uint16" } else { "uint32" }.to_string(),
         vocab_size: tok.vocab_size(),
-        eos_id: tok.eos_id(),
+        eos_id: eos,
         tokenizer: opts.tokenizer.display().to_string(),
         seed: opts.seed,
         val_fraction: opts.val_fraction,

@@ -14,29 +14,31 @@ pub use train::{EOS, IM_END, IM_START, PAD, SPECIAL_TOKENS, TrainOptions, TrainS
 /// A loaded tokenizer directory (`tokenizer.json`, `tokenizer_config.json`).
 pub struct Tok {
     pub inner: tokenizers::Tokenizer,
-    eos_id: u32,
+    eos_id: Option<u32>,
     chat_template: Option<String>,
 }
 
 impl Tok {
-    /// Loads `DIR/tokenizer.json` and, when present, the chat template from `DIR/tokenizer_config.json`.
+    /// Loads `DIR/tokenizer.json` and, when present, the chat template and end-of-text token from
+    /// `DIR/tokenizer_config.json`.
     pub fn load(dir: &Path) -> anyhow::Result<Self> {
         let path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&path)
             .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer ({e})", path.display()))?;
-        let eos_id = inner.token_to_id(EOS).ok_or_else(|| {
-            anyhow::anyhow!("{}: no {EOS} token; train the tokenizer with `shoucuo tokenizer train`", path.display())
-        })?;
         let config_path = dir.join("tokenizer_config.json");
-        let chat_template = match std::fs::read_to_string(&config_path) {
-            Ok(s) => {
-                let v: serde_json::Value = serde_json::from_str(&s)
-                    .map_err(|e| anyhow::anyhow!("{}: invalid JSON ({e})", config_path.display()))?;
-                v.get("chat_template").and_then(|t| t.as_str()).map(str::to_string)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        let config = match std::fs::read_to_string(&config_path) {
+            Ok(s) => serde_json::from_str(&s)
+                .map_err(|e| anyhow::anyhow!("{}: invalid JSON ({e})", config_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::Value::Null,
             Err(e) => return Err(anyhow::anyhow!("{}: {e}", config_path.display())),
         };
+        let chat_template = config.get("chat_template").and_then(|t| t.as_str()).map(str::to_string);
+        let eos_name = match config.get("eos_token") {
+            Some(serde_json::Value::String(s)) => Some(s.as_str()),
+            Some(v) => v.get("content").and_then(|c| c.as_str()),
+            None => None,
+        };
+        let eos_id = eos_name.and_then(|n| inner.token_to_id(n)).or_else(|| inner.token_to_id(EOS));
         Ok(Tok { inner, eos_id, chat_template })
     }
 
@@ -58,8 +60,9 @@ impl Tok {
         self.inner.token_to_id(token)
     }
 
-    /// Id of `<|endoftext|>`, which ends every training document.
-    pub fn eos_id(&self) -> u32 {
+    /// The end-of-text token (`eos_token` of tokenizer_config.json, else `<|endoftext|>`), which
+    /// ends every training document; `None` for a tokenizer that has neither.
+    pub fn eos_id(&self) -> Option<u32> {
         self.eos_id
     }
 

@@ -2,4 +2,7 @@
 
 pub mod checkpoint;
 pub mod metrics;
+pub mod optim;
+pub mod pretrain;
 pub mod recipe;
+pub mod schedule;

@@ -1,0 +1,27 @@
+//! SwiGLU gate: out = silu(gate) * up, silu(g) = g * sigmoid(g).
+
+use rayon::prelude::*;
+
+const CHUNK: usize = 4096;
+
+/// gate, up: [N, F] -> out: [N, F].
+pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK)).zip(up.par_chunks(CHUNK)).for_each(|((o, g), u)| {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    });
+}
+
+/// dgate = dout * up * silu'(gate), dup = dout * silu(gate) (overwrite: gate and up feed only this op).
+pub fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+    dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dg, du))| {
+        let s = i * CHUNK;
+        for j in 0..dg.len() {
+            let (g, u, d) = (gate[s + j], up[s + j], dout[s + j]);
+            let sig = 1.0 / (1.0 + (-g).exp());
+            dg[j] = d * u * sig * (1.0 + g * (1.0 - sig));
+            du[j] = d * g * sig;
+        }
+    });
+}

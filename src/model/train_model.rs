@@ -1,0 +1,265 @@
+//! The training forward and backward pass of the whole model, llm.c-style: parameters and
+//! gradients are flat buffers laid out by [`ParamLayout`], activations are sized once for
+//! (batch, seq) and reused, and one step reads top to bottom.
+
+use crate::model::kernels::ROWS_PER_TASK;
+use crate::model::kernels::attention::{AttnShape, attention_backward, attention_forward};
+use crate::model::kernels::crossentropy::{crossentropy_backward, crossentropy_forward};
+use crate::model::kernels::embedding::{embedding_backward, embedding_forward};
+use crate::model::kernels::linear::{linear_backward, linear_forward};
+use crate::model::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use crate::model::kernels::rope::{rope_backward, rope_forward, rope_tables};
+use crate::model::kernels::swiglu::{swiglu_backward, swiglu_forward};
+use crate::model::{ModelConfig, ParamLayout};
+
+/// What the backward pass needs from one transformer block's forward pass.
+struct LayerActs {
+    x: Vec<f32>,        // [N, D] block input (residual stream)
+    ln1: Vec<f32>,      // [N, D]
+    rstd1: Vec<f32>,    // [N]
+    q: Vec<f32>,        // [N, H*hd] after RoPE
+    k: Vec<f32>,        // [N, KV*hd] after RoPE
+    v: Vec<f32>,        // [N, KV*hd]
+    att: Vec<f32>,      // [B, H, T, T] probabilities
+    attn_out: Vec<f32>, // [N, H*hd]
+    x_mid: Vec<f32>,    // [N, D] residual after attention
+    ln2: Vec<f32>,      // [N, D]
+    rstd2: Vec<f32>,    // [N]
+    gate: Vec<f32>,     // [N, F]
+    up: Vec<f32>,       // [N, F]
+    h: Vec<f32>,        // [N, F] silu(gate) * up
+}
+
+/// Gradient scratch reused by every layer of the backward pass.
+struct GradScratch {
+    dres: Vec<f32>,     // [N, D] gradient of the residual stream
+    dln: Vec<f32>,      // [N, D]
+    dq: Vec<f32>,       // [N, H*hd]
+    dk: Vec<f32>,       // [N, KV*hd]
+    dv: Vec<f32>,       // [N, KV*hd]
+    dattn: Vec<f32>,    // [N, H*hd]
+    dgate: Vec<f32>,    // [N, F]
+    dup: Vec<f32>,      // [N, F]
+    dh: Vec<f32>,       // [N, F]
+    partials: Vec<f32>, // [N / ROWS_PER_TASK, D] for norm-weight reductions
+}
+
+/// A model with its parameters, gradients and activations for batches of (batch, seq) tokens.
+pub struct TrainModel {
+    pub cfg: ModelConfig,
+    pub layout: ParamLayout,
+    pub params: Vec<f32>,
+    pub grads: Vec<f32>,
+    batch: usize,
+    seq: usize,
+    layers: Vec<LayerActs>,
+    x_final: Vec<f32>, // [N, D] output of the last block
+    lnf: Vec<f32>,     // [N, D]
+    rstdf: Vec<f32>,   // [N]
+    logits: Vec<f32>,  // [N, V]; holds d logits after backward
+    losses: Vec<f32>,  // [N]
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    counted: usize,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    g: GradScratch,
+}
+
+impl TrainModel {
+    /// Sizes every buffer for batches of `batch` sequences of `seq` tokens.
+    pub fn new(cfg: ModelConfig, params: Vec<f32>, batch: usize, seq: usize) -> Self {
+        let layout = ParamLayout::new(&cfg);
+        assert_eq!(params.len(), layout.total(), "parameter buffer does not match the config");
+        assert!(seq <= cfg.max_seq_len, "seq {seq} exceeds max_seq_len {}", cfg.max_seq_len);
+        let n = batch * seq;
+        let (d, f, qd, kvd) = (cfg.dim, cfg.ffn_hidden, cfg.q_dim(), cfg.kv_dim());
+        let z = |len: usize| vec![0.0f32; len];
+        let layers = (0..cfg.n_layers)
+            .map(|_| LayerActs {
+                x: z(n * d),
+                ln1: z(n * d),
+                rstd1: z(n),
+                q: z(n * qd),
+                k: z(n * kvd),
+                v: z(n * kvd),
+                att: z(batch * cfg.n_heads * seq * seq),
+                attn_out: z(n * qd),
+                x_mid: z(n * d),
+                ln2: z(n * d),
+                rstd2: z(n),
+                gate: z(n * f),
+                up: z(n * f),
+                h: z(n * f),
+            })
+            .collect();
+        let (rope_cos, rope_sin) = rope_tables(seq, cfg.head_dim, cfg.rope_theta);
+        let g = GradScratch {
+            dres: z(n * d),
+            dln: z(n * d),
+            dq: z(n * qd),
+            dk: z(n * kvd),
+            dv: z(n * kvd),
+            dattn: z(n * qd),
+            dgate: z(n * f),
+            dup: z(n * f),
+            dh: z(n * f),
+            partials: z(n.div_ceil(ROWS_PER_TASK) * d),
+        };
+        TrainModel {
+            grads: z(params.len()),
+            params,
+            layout,
+            batch,
+            seq,
+            layers,
+            x_final: z(n * d),
+            lnf: z(n * d),
+            rstdf: z(n),
+            logits: z(n * cfg.vocab_size),
+            losses: z(n),
+            tokens: vec![0; n],
+            targets: vec![0; n],
+            counted: 0,
+            rope_cos,
+            rope_sin,
+            g,
+            cfg,
+        }
+    }
+
+    fn attn_shape(&self) -> AttnShape {
+        let c = &self.cfg;
+        AttnShape { b: self.batch, t: self.seq, heads: c.n_heads, kv_heads: c.n_kv_heads, hd: c.head_dim }
+    }
+
+    /// tokens, targets: [batch*seq]; targets equal to `IGNORE_INDEX` do not count. Returns the mean
+    /// cross-entropy over the counted targets (0 when none count) and keeps the activations.
+    pub fn forward(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
+        let n = self.batch * self.seq;
+        assert!(tokens.len() == n && targets.len() == n, "expected {n} tokens and targets");
+        let c = self.cfg.clone();
+        let (d, f, qd, kvd, v) = (c.dim, c.ffn_hidden, c.q_dim(), c.kv_dim(), c.vocab_size);
+        assert!(tokens.iter().all(|&t| (t as usize) < v), "token id outside the vocabulary");
+        assert!(
+            targets.iter().all(|&t| t == crate::model::IGNORE_INDEX || (t as usize) < v),
+            "target outside the vocabulary"
+        );
+        self.tokens.copy_from_slice(tokens);
+        self.targets.copy_from_slice(targets);
+        let shape = self.attn_shape();
+        let p = &self.params;
+
+        embedding_forward(&mut self.layers[0].x, tokens, &p[self.layout.embed.clone()], d);
+        for l in 0..c.n_layers {
+            let w = &self.layout.layers[l];
+            let (done, rest) = self.layers.split_at_mut(l + 1);
+            let a = &mut done[l];
+            rmsnorm_forward(&mut a.ln1, &mut a.rstd1, &a.x, &p[w.attn_norm.clone()], d, c.norm_eps);
+            linear_forward(&mut a.q, &a.ln1, &p[w.wq.clone()], n, d, qd, false);
+            linear_forward(&mut a.k, &a.ln1, &p[w.wk.clone()], n, d, kvd, false);
+            linear_forward(&mut a.v, &a.ln1, &p[w.wv.clone()], n, d, kvd, false);
+            rope_forward(&mut a.q, &self.rope_cos, &self.rope_sin, self.seq, c.n_heads, c.head_dim);
+            rope_forward(&mut a.k, &self.rope_cos, &self.rope_sin, self.seq, c.n_kv_heads, c.head_dim);
+            attention_forward(&mut a.attn_out, &mut a.att, &a.q, &a.k, &a.v, shape);
+            a.x_mid.copy_from_slice(&a.x);
+            linear_forward(&mut a.x_mid, &a.attn_out, &p[w.wo.clone()], n, qd, d, true);
+            rmsnorm_forward(&mut a.ln2, &mut a.rstd2, &a.x_mid, &p[w.ffn_norm.clone()], d, c.norm_eps);
+            linear_forward(&mut a.gate, &a.ln2, &p[w.w_gate.clone()], n, d, f, false);
+            linear_forward(&mut a.up, &a.ln2, &p[w.w_up.clone()], n, d, f, false);
+            swiglu_forward(&mut a.h, &a.gate, &a.up);
+            let x_next = match rest.first_mut() {
+                Some(next) => &mut next.x,
+                None => &mut self.x_final,
+            };
+            x_next.copy_from_slice(&a.x_mid);
+            linear_forward(x_next, &a.h, &p[w.w_down.clone()], n, f, d, true);
+        }
+        rmsnorm_forward(
+            &mut self.lnf,
+            &mut self.rstdf,
+            &self.x_final,
+            &p[self.layout.final_norm.clone()],
+            d,
+            c.norm_eps,
+        );
+        linear_forward(&mut self.logits, &self.lnf, &p[self.layout.lm_head.clone()], n, d, v, false);
+        self.counted = crossentropy_forward(&mut self.losses, &self.logits, targets, v);
+        if self.counted == 0 {
+            return 0.0;
+        }
+        (self.losses.iter().map(|&l| l as f64).sum::<f64>() / self.counted as f64) as f32
+    }
+
+    /// Adds d(loss · loss_scale)/dθ to `grads`, for the batch of the last `forward`
+    /// (loss_scale = 1/accum_steps for gradient accumulation). Overwrites the logits.
+    pub fn backward(&mut self, loss_scale: f32) {
+        if self.counted == 0 {
+            return;
+        }
+        let n = self.batch * self.seq;
+        let c = self.cfg.clone();
+        let (d, f, qd, kvd, v) = (c.dim, c.ffn_hidden, c.q_dim(), c.kv_dim(), c.vocab_size);
+        let shape = self.attn_shape();
+        let (p, gr, lay, g) = (&self.params, &mut self.grads, &self.layout, &mut self.g);
+
+        crossentropy_backward(&mut self.logits, &self.targets, v, loss_scale / self.counted as f32);
+        g.dln.fill(0.0);
+        linear_backward(
+            &mut g.dln,
+            &mut gr[lay.lm_head.clone()],
+            &self.logits,
+            &self.lnf,
+            &p[lay.lm_head.clone()],
+            n,
+            d,
+            v,
+        );
+        g.dres.fill(0.0);
+        let fnorm = lay.final_norm.clone();
+        rmsnorm_backward(
+            &mut g.dres,
+            &mut gr[fnorm.clone()],
+            &mut g.partials,
+            &g.dln,
+            &self.x_final,
+            &p[fnorm],
+            &self.rstdf,
+            d,
+        );
+        for l in (0..c.n_layers).rev() {
+            let (w, a) = (&lay.layers[l], &self.layers[l]);
+            // x_next = x_mid + h · Wdᵀ
+            g.dh.fill(0.0);
+            linear_backward(&mut g.dh, &mut gr[w.w_down.clone()], &g.dres, &a.h, &p[w.w_down.clone()], n, f, d);
+            swiglu_backward(&mut g.dgate, &mut g.dup, &g.dh, &a.gate, &a.up);
+            g.dln.fill(0.0);
+            linear_backward(&mut g.dln, &mut gr[w.w_gate.clone()], &g.dgate, &a.ln2, &p[w.w_gate.clone()], n, d, f);
+            linear_backward(&mut g.dln, &mut gr[w.w_up.clone()], &g.dup, &a.ln2, &p[w.w_up.clone()], n, d, f);
+            let wn = w.ffn_norm.clone();
+            rmsnorm_backward(&mut g.dres, &mut gr[wn.clone()], &mut g.partials, &g.dln, &a.x_mid, &p[wn], &a.rstd2, d);
+            // x_mid = x + attn_out · Woᵀ
+            g.dattn.fill(0.0);
+            linear_backward(&mut g.dattn, &mut gr[w.wo.clone()], &g.dres, &a.attn_out, &p[w.wo.clone()], n, qd, d);
+            attention_backward(&mut g.dq, &mut g.dk, &mut g.dv, &g.dattn, &a.q, &a.k, &a.v, &a.att, shape);
+            rope_backward(&mut g.dq, &self.rope_cos, &self.rope_sin, self.seq, c.n_heads, c.head_dim);
+            rope_backward(&mut g.dk, &self.rope_cos, &self.rope_sin, self.seq, c.n_kv_heads, c.head_dim);
+            g.dln.fill(0.0);
+            linear_backward(&mut g.dln, &mut gr[w.wq.clone()], &g.dq, &a.ln1, &p[w.wq.clone()], n, d, qd);
+            linear_backward(&mut g.dln, &mut gr[w.wk.clone()], &g.dk, &a.ln1, &p[w.wk.clone()], n, d, kvd);
+            linear_backward(&mut g.dln, &mut gr[w.wv.clone()], &g.dv, &a.ln1, &p[w.wv.clone()], n, d, kvd);
+            let an = w.attn_norm.clone();
+            rmsnorm_backward(&mut g.dres, &mut gr[an.clone()], &mut g.partials, &g.dln, &a.x, &p[an], &a.rstd1, d);
+        }
+        embedding_backward(&mut gr[lay.embed.clone()], &g.dres, &self.tokens, d);
+    }
+
+    pub fn zero_grad(&mut self) {
+        self.grads.fill(0.0);
+    }
+
+    /// [batch*seq, vocab] logits of the last `forward` (overwritten by `backward`).
+    pub fn logits(&self) -> &[f32] {
+        &self.logits
+    }
+}
