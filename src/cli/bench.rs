@@ -6,11 +6,14 @@ pub enum Command {
     Data(bench::data::Args),
     /// Prefill and decode tokens/s (batch 1 and batched) on a preset's shape with random weights.
     Decode(bench::decode::Args),
+    /// Training tokens/s (forward + backward + clip + AdamW) on a preset's shape, random tokens.
+    Train(bench::train::Args),
 }
 
 pub fn run(c: Command) -> anyhow::Result<()> {
     match c {
         Command::Data(a) => bench::data::run(a),
         Command::Decode(a) => bench::decode::run(a),
+        Command::Train(a) => bench::train::run(a),
     }
 }
