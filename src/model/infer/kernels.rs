@@ -95,9 +95,17 @@ impl Matrix {
     }
 }
 
-/// Raw output pointer shared by threads that write disjoint columns.
+/// Raw output pointer shared by threads that write disjoint elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub struct OutPtr(pub *mut f32);
+
+impl OutPtr {
+    /// `len` elements from `at`.
+    /// SAFETY: in bounds of the buffer, and no other thread uses these elements meanwhile.
+    pub unsafe fn slice(self, at: usize, len: usize) -> &'static mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
 // SAFETY: every thread writes a disjoint set of elements (its own weight rows' columns).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -111,7 +119,8 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
     assert!(x.len() >= nb * w.cols && out.len() >= nb * w.rows);
     let ptr = OutPtr(out.as_mut_ptr());
     let macs = nb * w.rows * w.cols;
-    let nt = rayon::current_num_threads();
+    let pool = super::pool::pool();
+    let nt = pool.threads();
     if nt == 1 || macs < PAR_MIN_MACS {
         // SAFETY: sizes checked above; this call owns all rows.
         unsafe { matmul_rows(ptr, x, w, nb, 0, w.rows) };
@@ -119,11 +128,10 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
     }
     // A few chunks per thread so a preempted thread (shared machine) does not stall the rest.
     let chunk = w.rows.div_ceil(nt * 4).next_multiple_of(4).max(16);
-    let n_chunks = w.rows.div_ceil(chunk);
-    (0..n_chunks).into_par_iter().for_each(|c| {
+    pool.run(w.rows.div_ceil(chunk), |c| {
         let n0 = c * chunk;
         let n1 = (n0 + chunk).min(w.rows);
-        // SAFETY: chunk `c` alone writes columns n0..n1 of `out`; sizes checked above.
+        // SAFETY: task `c` alone writes columns n0..n1 of `out`; sizes checked above.
         unsafe { matmul_rows(ptr, x, w, nb, n0, n1) };
     });
 }
@@ -373,43 +381,62 @@ pub fn rope(x: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// One query head attending over positions 0..=pos of one KV head.
-/// q: [hd]; k, v: the cache of this layer [cap, kv_dim], head at column `off`; scores: [>= pos+1].
-/// out: [hd].
-#[allow(clippy::too_many_arguments)]
-pub fn attend(
-    out: &mut [f32],
-    scores: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    kv_dim: usize,
-    off: usize,
-    pos: usize,
-) {
+/// One query head attending over the first `n` positions of one KV head.
+/// q: [hd]; kt: the head's keys transposed, [hd, cap]; v: its values, [cap, hd];
+/// scores: [>= n] scratch; out: [hd]. The transposed keys make every loop a plain vector loop.
+pub fn attend(out: &mut [f32], scores: &mut [f32], q: &[f32], kt: &[f32], v: &[f32], cap: usize, n: usize) {
     let hd = q.len();
     let scale = 1.0 / (hd as f32).sqrt();
-    let scores = &mut scores[..=pos];
-    let mut max = f32::NEG_INFINITY;
-    for (t, s) in scores.iter_mut().enumerate() {
-        let kt = &k[t * kv_dim + off..t * kv_dim + off + hd];
-        *s = dot_f32(q, kt) * scale;
-        max = max.max(*s);
+    let scores = &mut scores[..n];
+    scores.fill(0.0);
+    for (d, &qd) in q.iter().enumerate() {
+        let qd = qd * scale;
+        for (s, k) in scores.iter_mut().zip(&kt[d * cap..d * cap + n]) {
+            *s = qd.mul_add(*k, *s);
+        }
     }
-    let mut sum = 0.0;
+    let max = lanes16(scores, f32::NEG_INFINITY, f32::max);
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+        *s = exp(*s - max);
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lanes16(scores, 0.0, |a, b| a + b);
     out.fill(0.0);
-    for (t, s) in scores.iter().enumerate() {
+    for (s, vt) in scores.iter().zip(v.chunks_exact(hd)) {
         let p = s * inv;
-        let vt = &v[t * kv_dim + off..t * kv_dim + off + hd];
         for (o, x) in out.iter_mut().zip(vt) {
             *o = p.mul_add(*x, *o);
         }
     }
+}
+
+/// A reduction with 16 independent lanes (so it vectorises), then across the lanes.
+fn lanes16(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, b));
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] = f(acc[i], c[i]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| f(a, b))
+}
+
+/// e^x for x <= 0 (Cephes `expf`: range reduction by ln 2, degree-6 polynomial; ~1 ulp),
+/// written without calls so that loops over it vectorise.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 5.000_000_1e-1);
+    let e = p.mul_add(r * r, r) + 1.0;
+    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
 #[cfg(test)]
@@ -468,6 +495,16 @@ mod tests {
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        for i in 0..1740 {
+            let x = -(i as f32) * 0.05;
+            let (a, b) = (exp(x), x.exp());
+            assert!((a - b).abs() <= 2e-7 * b + 1e-38, "exp({x}): {a} vs {b}");
+        }
+        assert_eq!(exp(-200.0), exp(-87.0));
     }
 
     #[test]

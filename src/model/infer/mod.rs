@@ -6,13 +6,13 @@
 //! All buffers live in [`Scratch`] and [`KvCache`], sized once: a decode step allocates nothing.
 
 pub mod kernels;
+pub mod pool;
 
 use crate::model::config::ModelConfig;
 use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
 pub use kernels::Quant;
-use kernels::{Matrix, attend, matmul, matmul_many, rmsnorm, rope};
-use rayon::prelude::*;
+use kernels::{Matrix, OutPtr, attend, matmul, matmul_many, rmsnorm, rope};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +55,8 @@ pub struct InferModel {
     sin: Vec<f32>,
 }
 
-/// Keys and values of one sequence: k, v: [n_layers, cap, kv_dim].
+/// Keys and values of one sequence: k: [n_layers, n_kv_heads, head_dim, cap] (transposed, so
+/// a query scores all positions in one vector loop), v: [n_layers, n_kv_heads, cap, head_dim].
 pub struct KvCache {
     k: Vec<f32>,
     v: Vec<f32>,
@@ -283,9 +284,14 @@ impl InferModel {
                 rope(q, hd, cs, sn);
                 rope(&mut kv[..kvd], hd, cs, sn);
                 let cache = &mut caches[ci];
-                let at = (l * cache.cap + p) * kvd;
-                cache.k[at..at + kvd].copy_from_slice(&kv[..kvd]);
-                cache.v[at..at + kvd].copy_from_slice(&kv[kvd..]);
+                let cap = cache.cap;
+                for (h, (k, v)) in kv[..kvd].chunks_exact(hd).zip(kv[kvd..].chunks_exact(hd)).enumerate() {
+                    let head = (l * c.n_kv_heads + h) * hd * cap;
+                    for (d, x) in k.iter().enumerate() {
+                        cache.k[head + d * cap + p] = *x;
+                    }
+                    cache.v[head + p * hd..head + (p + 1) * hd].copy_from_slice(v);
+                }
             }
             self.attention(s, caches, rows, l);
             mm(&mut s.xn[..nr * d], &s.att[..nr * qd], &layer.wo);
@@ -335,21 +341,23 @@ impl InferModel {
         let nr = rows.len();
         let (qkv, pos) = (&s.qkv, &s.pos);
         let cap_all = c.max_seq_len;
-        let one = |(j, (out, sc)): (usize, (&mut [f32], &mut [f32]))| {
-            let (i, h) = (j / nh, j % nh);
-            let cache = &caches[rows[i].0];
-            let lo = l * cache.cap * kvd;
-            let hi = lo + cache.cap * kvd;
-            let q = &qkv[i * qkvd + h * hd..i * qkvd + (h + 1) * hd];
-            attend(out, sc, q, &cache.k[lo..hi], &cache.v[lo..hi], kvd, (h / group) * hd, pos[i]);
-        };
+        let (att, scores) = (OutPtr(s.att.as_mut_ptr()), OutPtr(s.scores.as_mut_ptr()));
+        let pairs = nr * nh;
         let work: usize = (0..nr).map(|i| pos[i] + 1).sum::<usize>() * nh * hd;
-        let outs = &mut s.att[..nr * qd];
-        let scs = &mut s.scores[..nr * nh * cap_all];
-        if work < 1 << 15 {
-            outs.chunks_mut(hd).zip(scs.chunks_mut(cap_all)).enumerate().for_each(one);
-        } else {
-            outs.par_chunks_mut(hd).zip(scs.par_chunks_mut(cap_all)).enumerate().for_each(one);
-        }
+        let tasks = if work < 1 << 14 { 1 } else { pairs.min(pool::pool().threads() * 4) };
+        let per = pairs.div_ceil(tasks);
+        pool::pool().run(pairs.div_ceil(per), |task| {
+            for j in task * per..((task + 1) * per).min(pairs) {
+                let (i, h) = (j / nh, j % nh);
+                let cache = &caches[rows[i].0];
+                let lo = (l * c.n_kv_heads + h / group) * hd * cache.cap;
+                let hi = lo + hd * cache.cap;
+                let q = &qkv[i * qkvd + h * hd..i * qkvd + (h + 1) * hd];
+                // SAFETY: pair j alone uses att[j*hd..][..hd] and scores[j*cap_all..][..cap_all]
+                // (att holds nr*nh*hd, scores max_rows*nh*cap_all floats).
+                let (out, sc) = unsafe { (att.slice(j * hd, hd), scores.slice(j * cap_all, cap_all)) };
+                attend(out, sc, q, &cache.k[lo..hi], &cache.v[lo..hi], cache.cap, pos[i] + 1);
+            }
+        });
     }
 }
