@@ -101,7 +101,9 @@ pub struct OutPtr(pub *mut f32);
 
 impl OutPtr {
     /// `len` elements from `at`.
-    /// SAFETY: in bounds of the buffer, and no other thread uses these elements meanwhile.
+    ///
+    /// # Safety
+    /// In bounds of the buffer, and no other thread uses these elements meanwhile.
     pub unsafe fn slice(self, at: usize, len: usize) -> &'static mut [f32] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
     }
@@ -434,7 +436,7 @@ pub fn exp(x: f32) -> f32 {
     p = p.mul_add(r, 8.333_452e-3);
     p = p.mul_add(r, 4.166_579_6e-2);
     p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 5.000_000_1e-1);
+    p = p.mul_add(r, 0.5);
     let e = p.mul_add(r * r, r) + 1.0;
     e * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
