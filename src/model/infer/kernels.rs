@@ -390,24 +390,56 @@ pub fn attend(out: &mut [f32], scores: &mut [f32], q: &[f32], kt: &[f32], v: &[f
     let hd = q.len();
     let scale = 1.0 / (hd as f32).sqrt();
     let scores = &mut scores[..n];
-    scores.fill(0.0);
-    for (d, &qd) in q.iter().enumerate() {
-        let qd = qd * scale;
-        for (s, k) in scores.iter_mut().zip(&kt[d * cap..d * cap + n]) {
-            *s = qd.mul_add(*k, *s);
+    // 64 scores at a time stay in registers across the head dimension.
+    let mut t0 = 0;
+    while t0 + 64 <= n {
+        let mut acc = [0f32; 64];
+        for (d, &qd) in q.iter().enumerate() {
+            let k: &[f32; 64] = kt[d * cap + t0..d * cap + t0 + 64].try_into().expect("64 keys");
+            for j in 0..64 {
+                acc[j] = qd.mul_add(k[j], acc[j]);
+            }
         }
+        for (s, a) in scores[t0..t0 + 64].iter_mut().zip(acc) {
+            *s = a * scale;
+        }
+        t0 += 64;
+    }
+    for (t, s) in scores.iter_mut().enumerate().skip(t0) {
+        *s = q.iter().enumerate().map(|(d, qd)| qd * kt[d * cap + t]).sum::<f32>() * scale;
     }
     let max = lanes16(scores, f32::NEG_INFINITY, f32::max);
     for s in scores.iter_mut() {
         *s = exp(*s - max);
     }
     let inv = 1.0 / lanes16(scores, 0.0, |a, b| a + b);
-    out.fill(0.0);
-    for (s, vt) in scores.iter().zip(v.chunks_exact(hd)) {
-        let p = s * inv;
-        for (o, x) in out.iter_mut().zip(vt) {
-            *o = p.mul_add(*x, *o);
+    match hd {
+        32 => weighted_sum::<32>(out, scores, v, inv),
+        64 => weighted_sum::<64>(out, scores, v, inv),
+        _ => {
+            out.fill(0.0);
+            for (s, vt) in scores.iter().zip(v.chunks_exact(hd)) {
+                let p = s * inv;
+                for (o, x) in out.iter_mut().zip(vt) {
+                    *o = p.mul_add(*x, *o);
+                }
+            }
         }
+    }
+}
+
+/// out = inv * sum_t p[t] * v[t], with the HD outputs kept in registers. v: [>= p.len(), HD].
+#[allow(clippy::needless_range_loop)]
+fn weighted_sum<const HD: usize>(out: &mut [f32], p: &[f32], v: &[f32], inv: f32) {
+    let mut acc = [0f32; HD];
+    for (s, vt) in p.iter().zip(v.chunks_exact(HD)) {
+        let vt: &[f32; HD] = vt.try_into().expect("HD values");
+        for i in 0..HD {
+            acc[i] = s.mul_add(vt[i], acc[i]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = a * inv;
     }
 }
 
@@ -496,6 +528,28 @@ mod tests {
         matmul(&mut got, &x, &q, nb);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn attend_matches_naive_softmax_attention() {
+        for (hd, n) in [(32, 150), (64, 70), (48, 129), (10, 5)] {
+            let cap = n + 3;
+            let (q, kt, v) = (rand_vec(hd, 7), rand_vec(hd * cap, 8), rand_vec(cap * hd, 9));
+            let mut out = vec![0.0; hd];
+            attend(&mut out, &mut vec![0.0; cap], &q, &kt, &v, cap, n);
+            let s: Vec<f64> = (0..n)
+                .map(|t| (0..hd).map(|d| q[d] as f64 * kt[d * cap + t] as f64).sum::<f64>() * 4.0 / (hd as f64).sqrt())
+                .collect();
+            // 4x larger q to make the softmax peaky: rerun ours with it
+            let q4: Vec<f32> = q.iter().map(|x| x * 4.0).collect();
+            attend(&mut out, &mut vec![0.0; cap], &q4, &kt, &v, cap, n);
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            for (d, o) in out.iter().enumerate() {
+                let want: f64 = (0..n).map(|t| (s[t] - m).exp() / z * v[t * hd + d] as f64).sum();
+                assert!((*o as f64 - want).abs() < 1e-5, "hd {hd} n {n} d {d}: {o} vs {want}");
+            }
         }
     }
 
