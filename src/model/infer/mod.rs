@@ -1,5 +1,6 @@
 //! Inference: weights packed for fast products (f32 or q8_0), a preallocated per-sequence KV cache,
-//! prefill through GEMM and batched decode through threaded matrix–vector kernels.
+//! and one batched kernel (weights streamed once per step for all rows, threaded over weight rows)
+//! for both prefill (up to `max_rows` prompt tokens per pass) and decode (one row per sequence).
 //!
 //! One step runs a list of rows `(cache, token)` through the model. Each row sits at the next free
 //! position of its cache; several rows of one cache (a prompt) take consecutive positions.
@@ -12,7 +13,7 @@ use crate::model::config::ModelConfig;
 use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
 pub use kernels::Quant;
-use kernels::{Matrix, OutPtr, attend, matmul, matmul_many, rmsnorm, rope};
+use kernels::{Matrix, OutPtr, attend, matmul, rmsnorm, rope};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +198,7 @@ impl InferModel {
                 .sum::<usize>()
     }
 
-    /// Appends `tokens` to one sequence (chunks of `s.max_rows()` through GEMM) and returns the
+    /// Appends `tokens` to one sequence (`s.max_rows()` tokens per pass) and returns the
     /// logits of its last token: [vocab].
     pub fn prefill<'s>(
         &self,
@@ -215,7 +216,7 @@ impl InferModel {
         for part in tokens.chunks(chunk) {
             rows.clear();
             rows.extend(part.iter().map(|&t| (0, t)));
-            self.step(s, caches, &rows, Logits::Last, true)?;
+            self.step(s, caches, &rows, Logits::Last)?;
         }
         Ok(&s.logits[..self.cfg.vocab_size])
     }
@@ -228,18 +229,17 @@ impl InferModel {
         caches: &mut [KvCache],
         rows: &[(usize, u32)],
     ) -> Result<&'s [f32], InferError> {
-        self.step(s, caches, rows, Logits::Last, false)
+        self.step(s, caches, rows, Logits::Last)
     }
 
     /// Runs `rows` through the model and returns the logits of the rows picked by `which`:
-    /// [picked, vocab]. `gemm` picks the prefill product (GEMM) over the batched matrix–vector one.
+    /// [picked, vocab].
     pub fn step<'s>(
         &self,
         s: &'s mut Scratch,
         caches: &mut [KvCache],
         rows: &[(usize, u32)],
         which: Logits,
-        gemm: bool,
     ) -> Result<&'s [f32], InferError> {
         let c = &self.cfg;
         let nr = rows.len();
@@ -265,9 +265,7 @@ impl InferModel {
             rows.iter().for_each(|r| caches[r.0].len -= 1);
             return Err(InferError::ContextFull { need, cap });
         }
-        let mm = |out: &mut [f32], x: &[f32], w: &Matrix| {
-            if gemm { matmul_many(out, x, w, nr) } else { matmul(out, x, w, nr) }
-        };
+        let mm = |out: &mut [f32], x: &[f32], w: &Matrix| matmul(out, x, w, nr);
         for (i, &(_, tok)) in rows.iter().enumerate() {
             let t = tok as usize;
             s.x[i * d..(i + 1) * d].copy_from_slice(&self.embed[t * d..(t + 1) * d]);
@@ -324,11 +322,7 @@ impl InferModel {
         }
         let nl = s.last.len();
         let v = c.vocab_size;
-        if gemm && nl > 1 {
-            matmul_many(&mut s.logits[..nl * v], &s.xn[..nl * d], &self.lm_head, nl);
-        } else {
-            matmul(&mut s.logits[..nl * v], &s.xn[..nl * d], &self.lm_head, nl);
-        }
+        matmul(&mut s.logits[..nl * v], &s.xn[..nl * d], &self.lm_head, nl);
         Ok(&s.logits[..nl * v])
     }
 
