@@ -84,8 +84,14 @@ impl Pool {
             f(t);
             s.done.fetch_add(1, Release);
         }
+        // A worker still on a claimed task: spin, but give the core away if it was descheduled.
+        let mut spins = 0u32;
         while s.done.load(Acquire) < n {
             std::hint::spin_loop();
+            spins += 1;
+            if spins.is_multiple_of(4096) {
+                std::thread::yield_now();
+            }
         }
     }
 }
