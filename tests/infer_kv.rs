@@ -138,7 +138,7 @@ fn kv_cache_decode_matches_full_forward_position_by_position() {
 }
 
 #[test]
-fn gemm_prefill_gives_logits_of_every_position() {
+fn one_step_prefill_gives_logits_of_every_position() {
     let c = cfg(false);
     let p = params(&c, 5);
     let want = reference(&c, &p, &TOKS);
@@ -146,7 +146,7 @@ fn gemm_prefill_gives_logits_of_every_position() {
     let mut s = Scratch::new(&m, TOKS.len());
     let mut cache = KvCache::new(&c, c.max_seq_len);
     let rows: Vec<(usize, u32)> = TOKS.iter().map(|&t| (0, t)).collect();
-    let logits = m.step(&mut s, std::slice::from_mut(&mut cache), &rows, Logits::All, true).unwrap();
+    let logits = m.step(&mut s, std::slice::from_mut(&mut cache), &rows, Logits::All).unwrap();
     assert_eq!(logits.len(), TOKS.len() * c.vocab_size);
     for (t, l) in logits.chunks(c.vocab_size).enumerate() {
         assert!(max_diff(l, &want[t]) < tol(&want), "position {t}: {}", max_diff(l, &want[t]));

@@ -52,7 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let ids = if chat {
             history.push(Message { role: "user".into(), content: line.to_string() });
             // leave room for at least a short answer; trim older turns to fit
-            let reserve = p.max_new_tokens.min(ctx / 2);
+            let reserve = p.max_new_tokens.clamp(1, ctx / 2);
             match fit_history(&mut history, ctx, reserve, |s| tok.encode(s)) {
                 Some(ids) => ids,
                 None => {

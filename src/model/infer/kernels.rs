@@ -1,11 +1,10 @@
 //! Inference kernels: weight matrices in f32 or q8_0, batched matrix–vector products threaded
-//! over weight rows, a GEMM path for prefill, RMSNorm, RoPE and attention over a KV cache.
+//! over weight rows (also used for prefill: measured faster here than `matrixmultiply`'s packed
+//! GEMM at these sizes), RMSNorm, RoPE and attention over a KV cache.
 //!
 //! The batched product computes every output element with the same instruction sequence whatever
 //! the number of rows in the batch, so a sequence decoded alone or inside a batch gets bit-identical
 //! logits.
-
-use rayon::prelude::*;
 
 /// q8_0 block length: each run of 32 weights of a row shares one f32 scale.
 pub const Q8_BLOCK: usize = 32;
@@ -95,9 +94,19 @@ impl Matrix {
     }
 }
 
-/// Raw output pointer shared by threads that write disjoint columns.
+/// Raw output pointer shared by threads that write disjoint elements.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub struct OutPtr(pub *mut f32);
+
+impl OutPtr {
+    /// `len` elements from `at`.
+    ///
+    /// # Safety
+    /// In bounds of the buffer, and no other thread uses these elements meanwhile.
+    pub unsafe fn slice(self, at: usize, len: usize) -> &'static mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
+    }
+}
 // SAFETY: every thread writes a disjoint set of elements (its own weight rows' columns).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -111,7 +120,8 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
     assert!(x.len() >= nb * w.cols && out.len() >= nb * w.rows);
     let ptr = OutPtr(out.as_mut_ptr());
     let macs = nb * w.rows * w.cols;
-    let nt = rayon::current_num_threads();
+    let pool = super::pool::pool();
+    let nt = pool.threads();
     if nt == 1 || macs < PAR_MIN_MACS {
         // SAFETY: sizes checked above; this call owns all rows.
         unsafe { matmul_rows(ptr, x, w, nb, 0, w.rows) };
@@ -119,44 +129,11 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
     }
     // A few chunks per thread so a preempted thread (shared machine) does not stall the rest.
     let chunk = w.rows.div_ceil(nt * 4).next_multiple_of(4).max(16);
-    let n_chunks = w.rows.div_ceil(chunk);
-    (0..n_chunks).into_par_iter().for_each(|c| {
+    pool.run(w.rows.div_ceil(chunk), |c| {
         let n0 = c * chunk;
         let n1 = (n0 + chunk).min(w.rows);
-        // SAFETY: chunk `c` alone writes columns n0..n1 of `out`; sizes checked above.
+        // SAFETY: task `c` alone writes columns n0..n1 of `out`; sizes checked above.
         unsafe { matmul_rows(ptr, x, w, nb, n0, n1) };
-    });
-}
-
-/// Matrix product for many rows (prefill): f32 goes through `matrixmultiply`'s GEMM with the
-/// rows of x split across threads; q8 through the batched kernel.
-/// x: [nb, w.cols], out: [nb, w.rows].
-pub fn matmul_many(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
-    let Data::F32(wf) = &w.data else { return matmul(out, x, w, nb) };
-    let (k, n) = (w.cols, w.rows);
-    let nt = rayon::current_num_threads();
-    let rows_per = nb.div_ceil(nt).max(1);
-    out[..nb * n].par_chunks_mut(rows_per * n).zip(x[..nb * k].par_chunks(rows_per * k)).for_each(|(o, xs)| {
-        let m = xs.len() / k;
-        // SAFETY: o is [m, n], xs is [m, k], wf is [n, k] read as its transpose [k, n].
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                xs.as_ptr(),
-                k as isize,
-                1,
-                wf.as_ptr(),
-                1,
-                k as isize,
-                0.0,
-                o.as_mut_ptr(),
-                n as isize,
-                1,
-            )
-        };
     });
 }
 
@@ -373,43 +350,94 @@ pub fn rope(x: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// One query head attending over positions 0..=pos of one KV head.
-/// q: [hd]; k, v: the cache of this layer [cap, kv_dim], head at column `off`; scores: [>= pos+1].
-/// out: [hd].
-#[allow(clippy::too_many_arguments)]
-pub fn attend(
-    out: &mut [f32],
-    scores: &mut [f32],
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    kv_dim: usize,
-    off: usize,
-    pos: usize,
-) {
+/// One query head attending over the first `n` positions of one KV head.
+/// q: [hd]; kt: the head's keys transposed, [hd, cap]; v: its values, [cap, hd];
+/// scores: [>= n] scratch; out: [hd]. The transposed keys make every loop a plain vector loop.
+pub fn attend(out: &mut [f32], scores: &mut [f32], q: &[f32], kt: &[f32], v: &[f32], cap: usize, n: usize) {
     let hd = q.len();
     let scale = 1.0 / (hd as f32).sqrt();
-    let scores = &mut scores[..=pos];
-    let mut max = f32::NEG_INFINITY;
-    for (t, s) in scores.iter_mut().enumerate() {
-        let kt = &k[t * kv_dim + off..t * kv_dim + off + hd];
-        *s = dot_f32(q, kt) * scale;
-        max = max.max(*s);
+    let scores = &mut scores[..n];
+    // 64 scores at a time stay in registers across the head dimension.
+    let mut t0 = 0;
+    while t0 + 64 <= n {
+        let mut acc = [0f32; 64];
+        for (d, &qd) in q.iter().enumerate() {
+            let k: &[f32; 64] = kt[d * cap + t0..d * cap + t0 + 64].try_into().expect("64 keys");
+            for j in 0..64 {
+                acc[j] = qd.mul_add(k[j], acc[j]);
+            }
+        }
+        for (s, a) in scores[t0..t0 + 64].iter_mut().zip(acc) {
+            *s = a * scale;
+        }
+        t0 += 64;
     }
-    let mut sum = 0.0;
+    for (t, s) in scores.iter_mut().enumerate().skip(t0) {
+        *s = q.iter().enumerate().map(|(d, qd)| qd * kt[d * cap + t]).sum::<f32>() * scale;
+    }
+    let max = lanes16(scores, f32::NEG_INFINITY, f32::max);
     for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += *s;
+        *s = exp(*s - max);
     }
-    let inv = 1.0 / sum;
-    out.fill(0.0);
-    for (t, s) in scores.iter().enumerate() {
-        let p = s * inv;
-        let vt = &v[t * kv_dim + off..t * kv_dim + off + hd];
-        for (o, x) in out.iter_mut().zip(vt) {
-            *o = p.mul_add(*x, *o);
+    let inv = 1.0 / lanes16(scores, 0.0, |a, b| a + b);
+    match hd {
+        32 => weighted_sum::<32>(out, scores, v, inv),
+        64 => weighted_sum::<64>(out, scores, v, inv),
+        _ => {
+            out.fill(0.0);
+            for (s, vt) in scores.iter().zip(v.chunks_exact(hd)) {
+                let p = s * inv;
+                for (o, x) in out.iter_mut().zip(vt) {
+                    *o = p.mul_add(*x, *o);
+                }
+            }
         }
     }
+}
+
+/// out = inv * sum_t p[t] * v[t], with the HD outputs kept in registers. v: [>= p.len(), HD].
+#[allow(clippy::needless_range_loop)]
+fn weighted_sum<const HD: usize>(out: &mut [f32], p: &[f32], v: &[f32], inv: f32) {
+    let mut acc = [0f32; HD];
+    for (s, vt) in p.iter().zip(v.chunks_exact(HD)) {
+        let vt: &[f32; HD] = vt.try_into().expect("HD values");
+        for i in 0..HD {
+            acc[i] = s.mul_add(vt[i], acc[i]);
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = a * inv;
+    }
+}
+
+/// A reduction with 16 independent lanes (so it vectorises), then across the lanes.
+fn lanes16(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, b));
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] = f(acc[i], c[i]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| f(a, b))
+}
+
+/// e^x for x <= 0 (Cephes `expf`: range reduction by ln 2, degree-6 polynomial; ~1 ulp),
+/// written without calls so that loops over it vectorise.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let e = p.mul_add(r * r, r) + 1.0;
+    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
 }
 
 #[cfg(test)]
@@ -445,10 +473,6 @@ mod tests {
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() < tol, "{q:?} {nb}x{n}x{k}: {a} vs {b}");
                 }
-                matmul_many(&mut got, &x, &m, nb);
-                for (a, b) in got.iter().zip(&want) {
-                    assert!((a - b).abs() < tol, "many {q:?} {nb}x{n}x{k}: {a} vs {b}");
-                }
             }
         }
     }
@@ -468,6 +492,38 @@ mod tests {
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn attend_matches_naive_softmax_attention() {
+        for (hd, n) in [(32, 150), (64, 70), (48, 129), (10, 5)] {
+            let cap = n + 3;
+            let (q, kt, v) = (rand_vec(hd, 7), rand_vec(hd * cap, 8), rand_vec(cap * hd, 9));
+            let mut out = vec![0.0; hd];
+            attend(&mut out, &mut vec![0.0; cap], &q, &kt, &v, cap, n);
+            let s: Vec<f64> = (0..n)
+                .map(|t| (0..hd).map(|d| q[d] as f64 * kt[d * cap + t] as f64).sum::<f64>() * 4.0 / (hd as f64).sqrt())
+                .collect();
+            // 4x larger q to make the softmax peaky: rerun ours with it
+            let q4: Vec<f32> = q.iter().map(|x| x * 4.0).collect();
+            attend(&mut out, &mut vec![0.0; cap], &q4, &kt, &v, cap, n);
+            let m = s.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+            for (d, o) in out.iter().enumerate() {
+                let want: f64 = (0..n).map(|t| (s[t] - m).exp() / z * v[t * hd + d] as f64).sum();
+                assert!((*o as f64 - want).abs() < 1e-5, "hd {hd} n {n} d {d}: {o} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate() {
+        for i in 0..1740 {
+            let x = -(i as f32) * 0.05;
+            let (a, b) = (exp(x), x.exp());
+            assert!((a - b).abs() <= 2e-7 * b + 1e-38, "exp({x}): {a} vs {b}");
+        }
+        assert_eq!(exp(-200.0), exp(-87.0));
     }
 
     #[test]

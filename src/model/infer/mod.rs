@@ -1,18 +1,19 @@
 //! Inference: weights packed for fast products (f32 or q8_0), a preallocated per-sequence KV cache,
-//! prefill through GEMM and batched decode through threaded matrix–vector kernels.
+//! and one batched kernel (weights streamed once per step for all rows, threaded over weight rows)
+//! for both prefill (up to `max_rows` prompt tokens per pass) and decode (one row per sequence).
 //!
 //! One step runs a list of rows `(cache, token)` through the model. Each row sits at the next free
 //! position of its cache; several rows of one cache (a prompt) take consecutive positions.
 //! All buffers live in [`Scratch`] and [`KvCache`], sized once: a decode step allocates nothing.
 
 pub mod kernels;
+pub mod pool;
 
 use crate::model::config::ModelConfig;
 use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
 pub use kernels::Quant;
-use kernels::{Matrix, attend, matmul, matmul_many, rmsnorm, rope};
-use rayon::prelude::*;
+use kernels::{Matrix, OutPtr, attend, matmul, rmsnorm, rope};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +56,8 @@ pub struct InferModel {
     sin: Vec<f32>,
 }
 
-/// Keys and values of one sequence: k, v: [n_layers, cap, kv_dim].
+/// Keys and values of one sequence: k: [n_layers, n_kv_heads, head_dim, cap] (transposed, so
+/// a query scores all positions in one vector loop), v: [n_layers, n_kv_heads, cap, head_dim].
 pub struct KvCache {
     k: Vec<f32>,
     v: Vec<f32>,
@@ -196,7 +198,7 @@ impl InferModel {
                 .sum::<usize>()
     }
 
-    /// Appends `tokens` to one sequence (chunks of `s.max_rows()` through GEMM) and returns the
+    /// Appends `tokens` to one sequence (`s.max_rows()` tokens per pass) and returns the
     /// logits of its last token: [vocab].
     pub fn prefill<'s>(
         &self,
@@ -214,7 +216,7 @@ impl InferModel {
         for part in tokens.chunks(chunk) {
             rows.clear();
             rows.extend(part.iter().map(|&t| (0, t)));
-            self.step(s, caches, &rows, Logits::Last, true)?;
+            self.step(s, caches, &rows, Logits::Last)?;
         }
         Ok(&s.logits[..self.cfg.vocab_size])
     }
@@ -227,18 +229,17 @@ impl InferModel {
         caches: &mut [KvCache],
         rows: &[(usize, u32)],
     ) -> Result<&'s [f32], InferError> {
-        self.step(s, caches, rows, Logits::Last, false)
+        self.step(s, caches, rows, Logits::Last)
     }
 
     /// Runs `rows` through the model and returns the logits of the rows picked by `which`:
-    /// [picked, vocab]. `gemm` picks the prefill product (GEMM) over the batched matrix–vector one.
+    /// [picked, vocab].
     pub fn step<'s>(
         &self,
         s: &'s mut Scratch,
         caches: &mut [KvCache],
         rows: &[(usize, u32)],
         which: Logits,
-        gemm: bool,
     ) -> Result<&'s [f32], InferError> {
         let c = &self.cfg;
         let nr = rows.len();
@@ -264,9 +265,7 @@ impl InferModel {
             rows.iter().for_each(|r| caches[r.0].len -= 1);
             return Err(InferError::ContextFull { need, cap });
         }
-        let mm = |out: &mut [f32], x: &[f32], w: &Matrix| {
-            if gemm { matmul_many(out, x, w, nr) } else { matmul(out, x, w, nr) }
-        };
+        let mm = |out: &mut [f32], x: &[f32], w: &Matrix| matmul(out, x, w, nr);
         for (i, &(_, tok)) in rows.iter().enumerate() {
             let t = tok as usize;
             s.x[i * d..(i + 1) * d].copy_from_slice(&self.embed[t * d..(t + 1) * d]);
@@ -283,9 +282,14 @@ impl InferModel {
                 rope(q, hd, cs, sn);
                 rope(&mut kv[..kvd], hd, cs, sn);
                 let cache = &mut caches[ci];
-                let at = (l * cache.cap + p) * kvd;
-                cache.k[at..at + kvd].copy_from_slice(&kv[..kvd]);
-                cache.v[at..at + kvd].copy_from_slice(&kv[kvd..]);
+                let cap = cache.cap;
+                for (h, (k, v)) in kv[..kvd].chunks_exact(hd).zip(kv[kvd..].chunks_exact(hd)).enumerate() {
+                    let head = (l * c.n_kv_heads + h) * hd * cap;
+                    for (d, x) in k.iter().enumerate() {
+                        cache.k[head + d * cap + p] = *x;
+                    }
+                    cache.v[head + p * hd..head + (p + 1) * hd].copy_from_slice(v);
+                }
             }
             self.attention(s, caches, rows, l);
             mm(&mut s.xn[..nr * d], &s.att[..nr * qd], &layer.wo);
@@ -318,11 +322,7 @@ impl InferModel {
         }
         let nl = s.last.len();
         let v = c.vocab_size;
-        if gemm && nl > 1 {
-            matmul_many(&mut s.logits[..nl * v], &s.xn[..nl * d], &self.lm_head, nl);
-        } else {
-            matmul(&mut s.logits[..nl * v], &s.xn[..nl * d], &self.lm_head, nl);
-        }
+        matmul(&mut s.logits[..nl * v], &s.xn[..nl * d], &self.lm_head, nl);
         Ok(&s.logits[..nl * v])
     }
 
@@ -335,21 +335,23 @@ impl InferModel {
         let nr = rows.len();
         let (qkv, pos) = (&s.qkv, &s.pos);
         let cap_all = c.max_seq_len;
-        let one = |(j, (out, sc)): (usize, (&mut [f32], &mut [f32]))| {
-            let (i, h) = (j / nh, j % nh);
-            let cache = &caches[rows[i].0];
-            let lo = l * cache.cap * kvd;
-            let hi = lo + cache.cap * kvd;
-            let q = &qkv[i * qkvd + h * hd..i * qkvd + (h + 1) * hd];
-            attend(out, sc, q, &cache.k[lo..hi], &cache.v[lo..hi], kvd, (h / group) * hd, pos[i]);
-        };
+        let (att, scores) = (OutPtr(s.att.as_mut_ptr()), OutPtr(s.scores.as_mut_ptr()));
+        let pairs = nr * nh;
         let work: usize = (0..nr).map(|i| pos[i] + 1).sum::<usize>() * nh * hd;
-        let outs = &mut s.att[..nr * qd];
-        let scs = &mut s.scores[..nr * nh * cap_all];
-        if work < 1 << 15 {
-            outs.chunks_mut(hd).zip(scs.chunks_mut(cap_all)).enumerate().for_each(one);
-        } else {
-            outs.par_chunks_mut(hd).zip(scs.par_chunks_mut(cap_all)).enumerate().for_each(one);
-        }
+        let tasks = if work < 1 << 14 { 1 } else { pairs.min(pool::pool().threads() * 4) };
+        let per = pairs.div_ceil(tasks);
+        pool::pool().run(pairs.div_ceil(per), |task| {
+            for j in task * per..((task + 1) * per).min(pairs) {
+                let (i, h) = (j / nh, j % nh);
+                let cache = &caches[rows[i].0];
+                let lo = (l * c.n_kv_heads + h / group) * hd * cache.cap;
+                let hi = lo + hd * cache.cap;
+                let q = &qkv[i * qkvd + h * hd..i * qkvd + (h + 1) * hd];
+                // SAFETY: pair j alone uses att[j*hd..][..hd] and scores[j*cap_all..][..cap_all]
+                // (att holds nr*nh*hd, scores max_rows*nh*cap_all floats).
+                let (out, sc) = unsafe { (att.slice(j * hd, hd), scores.slice(j * cap_all, cap_all)) };
+                attend(out, sc, q, &cache.k[lo..hi], &cache.v[lo..hi], cache.cap, pos[i] + 1);
+            }
+        });
     }
 }

@@ -1,0 +1,160 @@
+//! A tiny fork–join pool for the decode kernels. A decode step of a small model runs ~30 parallel
+//! products of tens of microseconds each; a general work-stealing pool parks its threads between
+//! them and pays a wake-up each time. Here workers spin briefly on one atomic word, then sleep.
+//!
+//! A job is `n` tasks claimed one at a time from a word holding (epoch, n, next task), so the
+//! calling thread alone finishes the job if a worker is descheduled (shared machines), and waits
+//! only for tasks that a worker has actually claimed.
+
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+struct Shared {
+    /// epoch << 32 | n_tasks << 16 | next_task.
+    claim: AtomicU64,
+    /// Points at the caller's `Job` (a fat reference on its stack) while the epoch's job runs.
+    job: AtomicPtr<()>,
+    done: AtomicUsize,
+    sleepers: AtomicUsize,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+pub struct Pool {
+    shared: &'static Shared,
+    threads: usize,
+    /// Serialises callers (jobs from several threads at once queue up here).
+    caller: Mutex<u64>,
+}
+
+/// How long an idle worker spins before it sleeps.
+const SPIN: Duration = Duration::from_micros(300);
+
+/// The process-wide pool, sized like rayon's global pool (so `--threads` applies to both).
+pub fn pool() -> &'static Pool {
+    static POOL: OnceLock<Pool> = OnceLock::new();
+    POOL.get_or_init(|| Pool::new(rayon::current_num_threads()))
+}
+
+impl Pool {
+    fn new(threads: usize) -> Self {
+        let shared: &'static Shared = Box::leak(Box::new(Shared {
+            claim: AtomicU64::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            done: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }));
+        for _ in 1..threads {
+            std::thread::spawn(move || worker(shared));
+        }
+        Pool { shared, threads: threads.max(1), caller: Mutex::new(0) }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Runs `f(0..n)` across the pool and returns when all tasks are done.
+    pub fn run(&self, n: usize, f: impl Fn(usize) + Sync) {
+        if n == 0 {
+            return;
+        }
+        if self.threads == 1 || n == 1 {
+            (0..n).for_each(f);
+            return;
+        }
+        assert!(n < 1 << 16, "too many tasks");
+        let mut epoch = self.caller.lock().unwrap_or_else(|e| e.into_inner());
+        *epoch = (*epoch + 1) & 0xFFFF_FFFF;
+        let s = self.shared;
+        let job: Job = &f;
+        s.job.store(&job as *const Job as *mut (), Release);
+        s.done.store(0, Relaxed);
+        s.claim.store(*epoch << 32 | (n as u64) << 16, SeqCst);
+        if s.sleepers.load(SeqCst) > 0 {
+            let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            s.wake.notify_all();
+        }
+        while let Some(t) = claim(s) {
+            f(t);
+            s.done.fetch_add(1, Release);
+        }
+        // A worker still on a claimed task: spin, but give the core away if it was descheduled.
+        let mut spins = 0u32;
+        while s.done.load(Acquire) < n {
+            std::hint::spin_loop();
+            spins += 1;
+            if spins.is_multiple_of(4096) {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Claims the next task of the current job, if any is left.
+fn claim(s: &Shared) -> Option<usize> {
+    let mut c = s.claim.load(Acquire);
+    loop {
+        let (n, t) = ((c >> 16) & 0xFFFF, c & 0xFFFF);
+        if t >= n {
+            return None;
+        }
+        match s.claim.compare_exchange_weak(c, c + 1, AcqRel, Acquire) {
+            Ok(_) => return Some(t as usize),
+            Err(now) => c = now,
+        }
+    }
+}
+
+fn worker(s: &'static Shared) {
+    let mut seen = s.claim.load(Acquire);
+    loop {
+        // Wait for a new job: spin, then sleep.
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while s.claim.load(Acquire) == seen {
+            std::hint::spin_loop();
+            spins += 1;
+            if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
+                let g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_add(1, SeqCst);
+                let g =
+                    if s.claim.load(SeqCst) == seen { s.wake.wait(g).unwrap_or_else(|e| e.into_inner()) } else { g };
+                s.sleepers.fetch_sub(1, SeqCst);
+                drop(g);
+            }
+        }
+        while let Some(t) = claim(s) {
+            // SAFETY: a successful claim means the job of this epoch is not finished (its caller
+            // waits until every claimed task is done), so the caller's `Job` is still alive.
+            let job: Job = unsafe { *(s.job.load(Acquire) as *const Job) };
+            job(t);
+            s.done.fetch_add(1, Release);
+        }
+        seen = s.claim.load(Acquire);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_every_task_once() {
+        let p = Pool::new(3);
+        for n in [1, 2, 7, 100] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            for _ in 0..50 {
+                p.run(n, |t| {
+                    hits[t].fetch_add(1, Relaxed);
+                });
+            }
+            assert!(hits.iter().all(|h| h.load(Relaxed) == 50));
+        }
+    }
+}
