@@ -28,8 +28,10 @@ pub enum InferError {
     ContextFull { need: usize, cap: usize },
     #[error("token id {id} is outside the model's vocabulary of {vocab}; the tokenizer does not match the model")]
     BadToken { id: u32, vocab: usize },
-    #[error("{rows} rows in one step but the scratch holds {max}")]
+    #[error("{rows} rows in one step but the scratch holds {max}; make the Scratch with more rows")]
     TooManyRows { rows: usize, max: usize },
+    #[error("row names KV cache {index} but only {len} were passed")]
+    NoSuchCache { index: usize, len: usize },
 }
 
 struct Layer {
@@ -88,7 +90,7 @@ impl KvCache {
     }
 }
 
-/// Activation buffers for up to `max_rows` rows per step.
+/// Activation buffers of one model for up to `max_rows` rows per step.
 pub struct Scratch {
     max_rows: usize,
     x: Vec<f32>,
@@ -253,7 +255,7 @@ impl InferModel {
                 return Err(InferError::BadToken { id: tok, vocab: c.vocab_size });
             }
             if ci >= caches.len() {
-                return Err(InferError::TooManyRows { rows: ci + 1, max: caches.len() });
+                return Err(InferError::NoSuchCache { index: ci, len: caches.len() });
             }
         }
         for (i, &(ci, _)) in rows.iter().enumerate() {
