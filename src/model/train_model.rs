@@ -10,7 +10,7 @@ use crate::model::kernels::linear::{linear_backward, linear_forward};
 use crate::model::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
 use crate::model::kernels::rope::{rope_backward, rope_forward, rope_tables};
 use crate::model::kernels::swiglu::{swiglu_backward, swiglu_forward};
-use crate::model::{ModelConfig, ParamLayout};
+use crate::model::{IGNORE_INDEX, ModelConfig, ParamLayout};
 
 /// What the backward pass needs from one transformer block's forward pass.
 struct LayerActs {
@@ -44,6 +44,10 @@ struct GradScratch {
     partials: Vec<f32>, // [N / ROWS_PER_TASK, D] for norm-weight reductions
 }
 
+/// Rows of the output head computed at a time: the [N, V] logits never exist in full, which keeps
+/// memory low for large vocabularies.
+const HEAD_ROWS: usize = 256;
+
 /// A model with its parameters, gradients and activations for batches of (batch, seq) tokens.
 pub struct TrainModel {
     pub cfg: ModelConfig,
@@ -56,7 +60,9 @@ pub struct TrainModel {
     x_final: Vec<f32>, // [N, D] output of the last block
     lnf: Vec<f32>,     // [N, D]
     rstdf: Vec<f32>,   // [N]
-    logits: Vec<f32>,  // [N, V]; holds d logits after backward
+    logits: Vec<f32>,  // [HEAD_ROWS, V] one chunk of logits, then its gradient
+    dlnf: Vec<f32>,    // [N, D] d loss / d lnf, unscaled (filled by forward)
+    dhead: Vec<f32>,   // [V, D] d loss / d lm_head, unscaled (filled by forward)
     losses: Vec<f32>,  // [N]
     tokens: Vec<u32>,
     targets: Vec<u32>,
@@ -116,7 +122,9 @@ impl TrainModel {
             x_final: z(n * d),
             lnf: z(n * d),
             rstdf: z(n),
-            logits: z(n * cfg.vocab_size),
+            logits: z(HEAD_ROWS.min(n) * cfg.vocab_size),
+            dlnf: z(n * d),
+            dhead: z(cfg.vocab_size * d),
             losses: z(n),
             tokens: vec![0; n],
             targets: vec![0; n],
@@ -134,19 +142,36 @@ impl TrainModel {
     }
 
     /// tokens, targets: [batch*seq]; targets equal to `IGNORE_INDEX` do not count. Returns the mean
-    /// cross-entropy over the counted targets (0 when none count) and keeps the activations.
+    /// cross-entropy over the counted targets (0 when none count) and keeps what `backward` needs
+    /// (the output head's gradient is formed here, chunk by chunk, as the logits are).
     pub fn forward(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
+        self.body_forward(tokens);
+        self.head(targets, true)
+    }
+
+    /// The mean loss only, for evaluation: no gradient work.
+    pub fn loss(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
+        self.body_forward(tokens);
+        self.head(targets, false)
+    }
+
+    /// All logits [batch*seq, vocab] of `tokens` (allocates; for tests and scoring).
+    pub fn logits(&mut self, tokens: &[u32]) -> Vec<f32> {
+        self.body_forward(tokens);
+        let (n, d, v) = (tokens.len(), self.cfg.dim, self.cfg.vocab_size);
+        let mut out = vec![0.0; n * v];
+        linear_forward(&mut out, &self.lnf, &self.params[self.layout.lm_head.clone()], n, d, v, false);
+        out
+    }
+
+    /// Embedding, the blocks and the final norm: fills the activations up to `lnf`.
+    fn body_forward(&mut self, tokens: &[u32]) {
         let n = self.batch * self.seq;
-        assert!(tokens.len() == n && targets.len() == n, "expected {n} tokens and targets");
+        assert!(tokens.len() == n, "expected {n} tokens");
         let c = self.cfg.clone();
-        let (d, f, qd, kvd, v) = (c.dim, c.ffn_hidden, c.q_dim(), c.kv_dim(), c.vocab_size);
-        assert!(tokens.iter().all(|&t| (t as usize) < v), "token id outside the vocabulary");
-        assert!(
-            targets.iter().all(|&t| t == crate::model::IGNORE_INDEX || (t as usize) < v),
-            "target outside the vocabulary"
-        );
+        let (d, f, qd, kvd) = (c.dim, c.ffn_hidden, c.q_dim(), c.kv_dim());
+        assert!(tokens.iter().all(|&t| (t as usize) < c.vocab_size), "token id outside the vocabulary");
         self.tokens.copy_from_slice(tokens);
-        self.targets.copy_from_slice(targets);
         let shape = self.attn_shape();
         let p = &self.params;
 
@@ -183,8 +208,33 @@ impl TrainModel {
             d,
             c.norm_eps,
         );
-        linear_forward(&mut self.logits, &self.lnf, &p[self.layout.lm_head.clone()], n, d, v, false);
-        self.counted = crossentropy_forward(&mut self.losses, &self.logits, targets, v);
+    }
+
+    /// Output head and cross-entropy, HEAD_ROWS rows at a time. With `with_grad`, also turns each
+    /// chunk of logits into its gradient and forms the unscaled d lnf and d lm_head.
+    fn head(&mut self, targets: &[u32], with_grad: bool) -> f32 {
+        let (n, d, v) = (self.batch * self.seq, self.cfg.dim, self.cfg.vocab_size);
+        assert!(targets.len() == n, "expected {n} targets");
+        assert!(targets.iter().all(|&t| t == IGNORE_INDEX || (t as usize) < v), "target outside the vocabulary");
+        self.targets.copy_from_slice(targets);
+        let w = &self.params[self.layout.lm_head.clone()];
+        if with_grad {
+            self.dhead.fill(0.0);
+            self.dlnf.fill(0.0);
+        }
+        self.counted = 0;
+        for r0 in (0..n).step_by(HEAD_ROWS) {
+            let rows = HEAD_ROWS.min(n - r0);
+            let (x, t) = (&self.lnf[r0 * d..(r0 + rows) * d], &targets[r0..r0 + rows]);
+            let logits = &mut self.logits[..rows * v];
+            linear_forward(logits, x, w, rows, d, v, false);
+            self.counted += crossentropy_forward(&mut self.losses[r0..r0 + rows], logits, t, v);
+            if with_grad {
+                crossentropy_backward(logits, t, v, 1.0);
+                let dx = &mut self.dlnf[r0 * d..(r0 + rows) * d];
+                linear_backward(dx, &mut self.dhead, logits, x, w, rows, d, v);
+            }
+        }
         if self.counted == 0 {
             return 0.0;
         }
@@ -192,29 +242,20 @@ impl TrainModel {
     }
 
     /// Adds d(loss · loss_scale)/dθ to `grads`, for the batch of the last `forward`
-    /// (loss_scale = 1/accum_steps for gradient accumulation). Overwrites the logits.
+    /// (loss_scale = 1/accum_steps for gradient accumulation).
     pub fn backward(&mut self, loss_scale: f32) {
         if self.counted == 0 {
             return;
         }
         let n = self.batch * self.seq;
         let c = self.cfg.clone();
-        let (d, f, qd, kvd, v) = (c.dim, c.ffn_hidden, c.q_dim(), c.kv_dim(), c.vocab_size);
+        let (d, f, qd, kvd) = (c.dim, c.ffn_hidden, c.q_dim(), c.kv_dim());
         let shape = self.attn_shape();
         let (p, gr, lay, g) = (&self.params, &mut self.grads, &self.layout, &mut self.g);
 
-        crossentropy_backward(&mut self.logits, &self.targets, v, loss_scale / self.counted as f32);
-        g.dln.fill(0.0);
-        linear_backward(
-            &mut g.dln,
-            &mut gr[lay.lm_head.clone()],
-            &self.logits,
-            &self.lnf,
-            &p[lay.lm_head.clone()],
-            n,
-            d,
-            v,
-        );
+        let scale = loss_scale / self.counted as f32;
+        scaled_add(&mut gr[lay.lm_head.clone()], &self.dhead, scale);
+        g.dln.iter_mut().zip(&self.dlnf).for_each(|(o, x)| *o = x * scale);
         g.dres.fill(0.0);
         let fnorm = lay.final_norm.clone();
         rmsnorm_backward(
@@ -254,12 +295,16 @@ impl TrainModel {
         embedding_backward(&mut gr[lay.embed.clone()], &g.dres, &self.tokens, d);
     }
 
+    /// Sets all gradients to zero (once per optimizer step).
     pub fn zero_grad(&mut self) {
         self.grads.fill(0.0);
     }
+}
 
-    /// [batch*seq, vocab] logits of the last `forward` (overwritten by `backward`).
-    pub fn logits(&self) -> &[f32] {
-        &self.logits
-    }
+/// out += x * scale, threaded.
+fn scaled_add(out: &mut [f32], x: &[f32], scale: f32) {
+    use rayon::prelude::*;
+    out.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(o, x)| {
+        o.iter_mut().zip(x).for_each(|(o, x)| *o += x * scale);
+    });
 }

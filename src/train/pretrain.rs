@@ -201,7 +201,7 @@ fn evaluate(
         }
         targets[n * seq..].fill(IGNORE_INDEX);
         tokens[n * seq..].fill(0);
-        sum += model.forward(tokens, targets) as f64 * n as f64;
+        sum += model.loss(tokens, targets) as f64 * n as f64;
         rows += n;
     }
     if rows == 0 { f32::NAN } else { (sum / rows as f64) as f32 }
