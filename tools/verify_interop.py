@@ -68,6 +68,7 @@ def ours_greedy(model_dir):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-build", default="/tmp/llama-build")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary models and print where")
     a = ap.parse_args()
     tok = Tokenizer.from_file(os.path.join(TOK, "tokenizer.json"))
     ids = tok.encode(PROMPT).ids
@@ -88,6 +89,12 @@ def main():
         with torch.no_grad():
             g = hf.generate(x, max_new_tokens=N, do_sample=False, eos_token_id=[0, 2], pad_token_id=3)
         theirs = tok.decode(g[0, len(ids):].tolist(), skip_special_tokens=False)
+        with torch.no_grad():
+            top2 = hf(g).logits[0, len(ids) - 1:-1].topk(2).values
+        # Greedy paths can only be compared across engines where the top two logits are not tied.
+        gaps = (top2[:, 0] - top2[:, 1]).tolist()
+        r["top2_logit_gaps_min"] = round(min(gaps), 4)
+        r["first_step_with_gap_below_0.01"] = next((i for i, v in enumerate(gaps) if v < 0.01), None)
         mine = ours_greedy(exp)
         r["transformers_greedy"] = theirs
         r["shoucuo_greedy"] = mine
@@ -109,10 +116,20 @@ def main():
             r[f"llama_tokenize_{pre}_docs_identical"] = f"{same}/{len(lines)}"
             if pre == "qwen2":
                 out = sh(os.path.join(llama, "llama-simple"), "-m", gguf, "-n", str(N), PROMPT)
-                r["llama_cpp_raw"] = out
-                r["llama_cpp_greedy_equal"] = out.startswith(PROMPT + mine) or (PROMPT + mine) in out
+                r["llama_simple_greedy"] = out[len(PROMPT):].rstrip("\n")
+                r["llama_simple_greedy_equal"] = r["llama_simple_greedy"] == mine
+                completion = os.path.join(llama, "llama-completion")
+                if os.path.exists(completion):
+                    # f32 KV cache, one thread: removes llama.cpp's f16 cache rounding from the comparison.
+                    out = sh(completion, "-m", gguf, "-p", PROMPT, "-n", str(N), "--temp", "0", "-ctk", "f32",
+                             "-ctv", "f32", "-t", "1", "-no-cnv", "--no-warmup", "--special")
+                    r["llama_completion_f32kv_greedy"] = out[len(PROMPT):].rstrip("\n")
+                    r["llama_completion_f32kv_greedy_equal"] = r["llama_completion_f32kv_greedy"] == mine
     print(json.dumps(results, ensure_ascii=False, indent=1))
-    shutil.rmtree(work)
+    if a.keep:
+        print(f"models kept in {work}", file=sys.stderr)
+    else:
+        shutil.rmtree(work)
 
 
 if __name__ == "__main__":
