@@ -154,6 +154,13 @@ fn hf_export_then_import_gives_identical_weights_and_logits() {
         assert_eq!((&m.cfg, &again.cfg), (c, c));
         assert_eq!(again.params, p);
         assert_eq!(logits(c, &again.params, &TOKS), logits(c, &p, &TOKS));
+        // The imported directory trains: a forward/backward pass gives a finite loss and gradients.
+        let mut t = shoucuo::model::TrainModel::new(again.cfg.clone(), again.params.clone(), 1, TOKS.len());
+        let loss = t.forward(&TOKS, &[300, 17, 799, 2, 42, 7]);
+        assert!(loss.is_finite() && loss > 0.0);
+        assert!(max_diff(t.logits(), &logits(c, &p, &TOKS).iter().map(|&x| x as f64).collect::<Vec<_>>()) < 1e-4);
+        t.backward(1.0);
+        assert!(t.grads.iter().all(|g| g.is_finite()) && t.grads.iter().any(|&g| g != 0.0));
         let err = export_hf(&src, &out, false).unwrap_err().to_string();
         assert!(err.contains("already exists"), "{err}");
     }
