@@ -35,6 +35,8 @@ SHAPES = {
     "mha-tied-bf16-sharded": dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=4, head_dim=16,
                                   tie_word_embeddings=True, dtype=torch.bfloat16, shard="40KB"),
 }
+# transformers rejects this one (hidden 60 is not a multiple of 8 heads); llama.cpp should load it.
+LLAMA_CPP_ONLY = dict(hidden_size=60, num_attention_heads=8, num_key_value_heads=2, head_dim=12)
 
 
 def sh(*args):
@@ -57,6 +59,37 @@ def make_source(path, spec):
         shutil.copy(os.path.join(TOK, f), path)
     # Reload in f32: `.to(bf16).float()` would keep a bf16-rounded RoPE inv_freq buffer.
     return LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def make_raw_source(path, spec):
+    """A random Llama directory written without transformers (which would refuse the shape)."""
+    from safetensors.torch import save_file
+    d, h, kv, hd, f, v = spec["hidden_size"], spec["num_attention_heads"], spec["num_key_value_heads"], \
+        spec["head_dim"], 128, 800
+    g = torch.Generator().manual_seed(0)
+    rnd = lambda *s: torch.randn(*s, generator=g) * 0.25
+    t = {"model.embed_tokens.weight": rnd(v, d), "model.norm.weight": torch.ones(d)}
+    for l in range(2):
+        p = f"model.layers.{l}."
+        t.update({p + "input_layernorm.weight": torch.ones(d), p + "post_attention_layernorm.weight": torch.ones(d),
+                  p + "self_attn.q_proj.weight": rnd(h * hd, d), p + "self_attn.k_proj.weight": rnd(kv * hd, d),
+                  p + "self_attn.v_proj.weight": rnd(kv * hd, d), p + "self_attn.o_proj.weight": rnd(d, h * hd),
+                  p + "mlp.gate_proj.weight": rnd(f, d), p + "mlp.up_proj.weight": rnd(f, d),
+                  p + "mlp.down_proj.weight": rnd(d, f)})
+    os.makedirs(path)
+    save_file(t, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=v, intermediate_size=f,
+               num_hidden_layers=2, max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
+               tie_word_embeddings=True, bos_token_id=0, eos_token_id=0, **spec)
+    json.dump(cfg, open(os.path.join(path, "config.json"), "w"))
+    for fn in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(TOK, fn), path)
+
+
+def llama_cpp_greedy(llama, gguf):
+    out = sh(os.path.join(llama, "llama-completion"), "-m", gguf, "-p", PROMPT, "-n", str(N), "--temp", "0",
+             "-ctk", "f32", "-ctv", "f32", "-t", "1", "-no-cnv", "--no-warmup", "--special")
+    return out[len(PROMPT):].rstrip("\n")
 
 
 def ours_greedy(model_dir):
@@ -125,6 +158,15 @@ def main():
                              "-ctv", "f32", "-t", "1", "-no-cnv", "--no-warmup", "--special")
                     r["llama_completion_f32kv_greedy"] = out[len(PROMPT):].rstrip("\n")
                     r["llama_completion_f32kv_greedy_equal"] = r["llama_completion_f32kv_greedy"] == mine
+    llama = os.path.join(a.llama_build, "bin")
+    if os.path.exists(os.path.join(llama, "llama-completion")):
+        r = results["hidden-60-8x12-gqa (transformers rejects)"] = {}
+        src, imp, gguf = (os.path.join(work, f"odd-{s}") for s in ("src", "imported", "f32.gguf"))
+        make_raw_source(src, LLAMA_CPP_ONLY)
+        sh(BIN, "import", "--from", "hf", src, "--out", imp)
+        sh(BIN, "export", "--model", imp, "--format", "gguf", "--out", gguf)
+        mine, theirs = ours_greedy(imp), llama_cpp_greedy(llama, gguf)
+        r.update(shoucuo_greedy=mine, llama_cpp_greedy=theirs, llama_cpp_greedy_equal=mine == theirs)
     print(json.dumps(results, ensure_ascii=False, indent=1))
     if a.keep:
         print(f"models kept in {work}", file=sys.stderr)
