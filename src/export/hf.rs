@@ -17,6 +17,10 @@ pub enum ExportError {
     #[error("{0}")]
     Unportable(String),
     #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    BadFile(String),
+    #[error("{0}")]
     Tokenizer(String),
 }
 

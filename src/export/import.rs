@@ -31,7 +31,7 @@ fn check_architecture(src: &Path) -> Result<(), ExportError> {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     let archs = v["architectures"].as_array().into_iter().flatten();
     if let Some(a) = archs.filter_map(|a| a.as_str()).find(|a| *a != "LlamaForCausalLM") {
-        return Err(ExportError::Unportable(format!(
+        return Err(ExportError::Unsupported(format!(
             "{}: architecture \"{a}\" is not supported; only LlamaForCausalLM can be imported",
             path.display()
         )));
@@ -51,7 +51,7 @@ pub struct Llama2c {
 /// freq_cis_imag] (legacy files), [wcls]. Its RoPE rotates interleaved pairs, so q/k rows are
 /// permuted to HF rotate-half order.
 pub fn read_llama2c(path: &Path) -> Result<Llama2c, ExportError> {
-    let bad = |m: String| ExportError::Unportable(format!("{}: {m}", path.display()));
+    let bad = |m: String| ExportError::BadFile(format!("{}: {m}", path.display()));
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     if bytes.len() < 28 {
         return Err(bad("too short for a llama2.c header (7 int32)".into()));
