@@ -176,12 +176,18 @@ fn non_finite_steps_are_skipped_and_stop_the_run() {
 }
 
 #[test]
-fn existing_run_without_resume_is_refused() {
+fn run_states_portability_and_refuses_to_overwrite_without_resume() {
     let root = tempfile::tempdir().unwrap();
     let (tok, data) = prepared(root.path());
     let run = root.path().join("r");
     let recipe = write_recipe(root.path(), &data, &tok, &run, "");
-    run_ok(bin().args(["pretrain", "--config"]).arg(&recipe).args(["--set", "train.max_steps=3"]));
+    let first =
+        bin().args(["pretrain", "--config"]).arg(&recipe).args(["--set", "train.max_steps=3"]).output().unwrap();
+    assert!(first.status.success());
+    // The run starts by stating which tools will load its shape (4 heads of 12 on dim 32).
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(err.contains("loads in: transformers, llama.cpp (GGUF)"), "{err}");
+    assert!(err.contains("llama2.c: will NOT load"), "{err}");
     let out = bin().args(["pretrain", "--config"]).arg(&recipe).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("pass --resume"));
 }

@@ -44,6 +44,16 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
 }
 
+/// States before training which tools will load the model, and why not for the others.
+fn report_portability(cfg: &crate::model::ModelConfig) {
+    let reports = crate::export::portability(cfg);
+    let loads: Vec<String> = reports.iter().filter(|r| r.loads()).map(|r| r.target.to_string()).collect();
+    eprintln!("model: {}; loads in: {}", crate::export::portability::shape_line(cfg), loads.join(", "));
+    for r in reports.iter().filter(|r| !r.loads()) {
+        eprint!("{r}");
+    }
+}
+
 /// Trains the recipe's model on its prepared shards. With `resume`, continues from the newest
 /// checkpoint of `train.out_dir`; without it, refuses to overwrite a run that has checkpoints.
 pub fn pretrain(recipe: &Recipe, resume: bool) -> Result<RunSummary, TrainError> {
@@ -58,6 +68,7 @@ pub fn pretrain(recipe: &Recipe, resume: bool) -> Result<RunSummary, TrainError>
             cfg.vocab_size, manifest.vocab_size
         )));
     }
+    report_portability(&cfg);
     std::fs::create_dir_all(&run_dir).map_err(|source| io(&run_dir, source))?;
     checkpoint::remove_partial_saves(&run_dir)?;
 
