@@ -85,7 +85,9 @@ fn check(name: &str) {
     }
     for tensor in &layout.tensors {
         let e = rel_err(&m.params[tensor.range()], &f32s(&st, &format!("step3.{}", tensor.name)), 1e-3);
-        assert!(e < 1e-4, "{name}: {} after 3 AdamW steps differs from PyTorch by {e}", tensor.name);
+        // AdamW divides each update by the gradient's own scale, so last-ulp differences in small
+        // gradients (exp, summation order) reach the parameters at ~lr × 1e-4; a wrong update errs by ~lr.
+        assert!(e < 5e-4, "{name}: {} after 3 AdamW steps differs from PyTorch by {e}", tensor.name);
     }
 }
 

@@ -20,7 +20,7 @@ struct LayerActs {
     q: Vec<f32>,        // [N, H*hd] after RoPE
     k: Vec<f32>,        // [N, KV*hd] after RoPE
     v: Vec<f32>,        // [N, KV*hd]
-    att: Vec<f32>,      // [B, H, T, T] probabilities
+    lse: Vec<f32>,      // [B, H, T] attention log-sum-exp (probabilities are recomputed)
     attn_out: Vec<f32>, // [N, H*hd]
     x_mid: Vec<f32>,    // [N, D] residual after attention
     ln2: Vec<f32>,      // [N, D]
@@ -64,6 +64,7 @@ pub struct TrainModel {
     dlnf: Vec<f32>,    // [N, D] d loss / d lnf, unscaled (filled by forward)
     dhead: Vec<f32>,   // [V, D] d loss / d lm_head, unscaled (filled by forward)
     losses: Vec<f32>,  // [N]
+    lse: Vec<f32>,     // [HEAD_ROWS] log-sum-exp of each row of the logits chunk
     tokens: Vec<u32>,
     targets: Vec<u32>,
     counted: usize,
@@ -89,7 +90,7 @@ impl TrainModel {
                 q: z(n * qd),
                 k: z(n * kvd),
                 v: z(n * kvd),
-                att: z(batch * cfg.n_heads * seq * seq),
+                lse: z(batch * cfg.n_heads * seq),
                 attn_out: z(n * qd),
                 x_mid: z(n * d),
                 ln2: z(n * d),
@@ -126,6 +127,7 @@ impl TrainModel {
             dlnf: z(n * d),
             dhead: z(cfg.vocab_size * d),
             losses: z(n),
+            lse: z(HEAD_ROWS.min(n)),
             tokens: vec![0; n],
             targets: vec![0; n],
             counted: 0,
@@ -186,7 +188,7 @@ impl TrainModel {
             linear_forward(&mut a.v, &a.ln1, &p[w.wv.clone()], n, d, kvd, false);
             rope_forward(&mut a.q, &self.rope_cos, &self.rope_sin, self.seq, c.n_heads, c.head_dim);
             rope_forward(&mut a.k, &self.rope_cos, &self.rope_sin, self.seq, c.n_kv_heads, c.head_dim);
-            attention_forward(&mut a.attn_out, &mut a.att, &a.q, &a.k, &a.v, shape);
+            attention_forward(&mut a.attn_out, &mut a.lse, &a.q, &a.k, &a.v, shape);
             a.x_mid.copy_from_slice(&a.x);
             linear_forward(&mut a.x_mid, &a.attn_out, &p[w.wo.clone()], n, qd, d, true);
             rmsnorm_forward(&mut a.ln2, &mut a.rstd2, &a.x_mid, &p[w.ffn_norm.clone()], d, c.norm_eps);
@@ -228,9 +230,10 @@ impl TrainModel {
             let (x, t) = (&self.lnf[r0 * d..(r0 + rows) * d], &targets[r0..r0 + rows]);
             let logits = &mut self.logits[..rows * v];
             linear_forward(logits, x, w, rows, d, v, false);
-            self.counted += crossentropy_forward(&mut self.losses[r0..r0 + rows], logits, t, v);
+            let lse = &mut self.lse[..rows];
+            self.counted += crossentropy_forward(&mut self.losses[r0..r0 + rows], lse, logits, t, v);
             if with_grad {
-                crossentropy_backward(logits, t, v, 1.0);
+                crossentropy_backward(logits, lse, t, v, 1.0);
                 let dx = &mut self.dlnf[r0 * d..(r0 + rows) * d];
                 linear_backward(dx, &mut self.dhead, logits, x, w, rows, d, v);
             }
@@ -282,7 +285,7 @@ impl TrainModel {
             // x_mid = x + attn_out · Woᵀ
             g.dattn.fill(0.0);
             linear_backward(&mut g.dattn, &mut gr[w.wo.clone()], &g.dres, &a.attn_out, &p[w.wo.clone()], n, qd, d);
-            attention_backward(&mut g.dq, &mut g.dk, &mut g.dv, &g.dattn, &a.q, &a.k, &a.v, &a.att, shape);
+            attention_backward(&mut g.dq, &mut g.dk, &mut g.dv, &g.dattn, &a.q, &a.k, &a.v, &a.lse, shape);
             rope_backward(&mut g.dq, &self.rope_cos, &self.rope_sin, self.seq, c.n_heads, c.head_dim);
             rope_backward(&mut g.dk, &self.rope_cos, &self.rope_sin, self.seq, c.n_kv_heads, c.head_dim);
             g.dln.fill(0.0);

@@ -23,3 +23,48 @@ pub fn reduce_partials(out: &mut [f32], partials: &[f32]) {
         out.iter_mut().zip(part).for_each(|(o, p)| *o += p);
     }
 }
+
+/// A reduction with 16 independent lanes (so it vectorises), then across the lanes.
+pub fn lanes16(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, b));
+    for c in chunks {
+        for i in 0..16 {
+            acc[i] = f(acc[i], c[i]);
+        }
+    }
+    acc.iter().fold(tail, |a, &b| f(a, b))
+}
+
+/// e^x for x <= 0 (Cephes `expf`: range reduction by ln 2, degree-6 polynomial; ~1 ulp),
+/// written without calls so that loops over it vectorise.
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    let e = p.mul_add(r * r, r) + 1.0;
+    e * f32::from_bits(((n as i32 + 127) << 23) as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate() {
+        for i in 0..1740 {
+            let x = -(i as f32) * 0.05;
+            let (a, b) = (exp(x), x.exp());
+            assert!((a - b).abs() <= 2e-7 * b + 1e-38, "exp({x}): {a} vs {b}");
+        }
+        assert_eq!(exp(-200.0), exp(-87.0));
+    }
+}
