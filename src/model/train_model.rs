@@ -7,15 +7,15 @@ use crate::model::kernels::attention::{AttnShape, attention_backward, attention_
 use crate::model::kernels::crossentropy::{crossentropy_backward, crossentropy_forward};
 use crate::model::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::model::kernels::linear::{linear_backward, linear_forward};
-use crate::model::kernels::rmsnorm::{rmsnorm_backward, rmsnorm_forward};
+use crate::model::kernels::rmsnorm::{rmsnorm_apply, rmsnorm_backward, rmsnorm_forward};
 use crate::model::kernels::rope::{rope_backward, rope_forward, rope_tables};
 use crate::model::kernels::swiglu::{swiglu_backward, swiglu_forward};
 use crate::model::{IGNORE_INDEX, ModelConfig, ParamLayout};
 
-/// What the backward pass needs from one transformer block's forward pass.
+/// What the backward pass needs from one transformer block's forward pass. Cheap activations
+/// (the norms' outputs, silu(gate)·up) are recomputed in the backward pass instead of kept.
 struct LayerActs {
     x: Vec<f32>,        // [N, D] block input (residual stream)
-    ln1: Vec<f32>,      // [N, D]
     rstd1: Vec<f32>,    // [N]
     q: Vec<f32>,        // [N, H*hd] after RoPE
     k: Vec<f32>,        // [N, KV*hd] after RoPE
@@ -23,24 +23,23 @@ struct LayerActs {
     lse: Vec<f32>,      // [B, H, T] attention log-sum-exp (probabilities are recomputed)
     attn_out: Vec<f32>, // [N, H*hd]
     x_mid: Vec<f32>,    // [N, D] residual after attention
-    ln2: Vec<f32>,      // [N, D]
     rstd2: Vec<f32>,    // [N]
     gate: Vec<f32>,     // [N, F]
     up: Vec<f32>,       // [N, F]
-    h: Vec<f32>,        // [N, F] silu(gate) * up
 }
 
-/// Gradient scratch reused by every layer of the backward pass.
-struct GradScratch {
+/// Scratch reused by every layer: the current norm output and silu(gate)·up (forward, and
+/// recomputed in backward), and the gradients of the backward pass.
+struct Scratch {
+    ln: Vec<f32>,       // [N, D] a norm's output (after the forward pass: lnf)
+    h: Vec<f32>,        // [N, F] silu(gate) * up, then d gate
     dres: Vec<f32>,     // [N, D] gradient of the residual stream
-    dln: Vec<f32>,      // [N, D]
+    dln: Vec<f32>,      // [N, D] gradient of a norm's output (first: d lnf, unscaled, from forward)
     dq: Vec<f32>,       // [N, H*hd]
     dk: Vec<f32>,       // [N, KV*hd]
     dv: Vec<f32>,       // [N, KV*hd]
     dattn: Vec<f32>,    // [N, H*hd]
-    dgate: Vec<f32>,    // [N, F]
-    dup: Vec<f32>,      // [N, F]
-    dh: Vec<f32>,       // [N, F]
+    dh: Vec<f32>,       // [N, F] d h, then d up
     partials: Vec<f32>, // [N / ROWS_PER_TASK, D] for norm-weight reductions
 }
 
@@ -58,10 +57,8 @@ pub struct TrainModel {
     seq: usize,
     layers: Vec<LayerActs>,
     x_final: Vec<f32>, // [N, D] output of the last block
-    lnf: Vec<f32>,     // [N, D]
     rstdf: Vec<f32>,   // [N]
     logits: Vec<f32>,  // [HEAD_ROWS, V] one chunk of logits, then its gradient
-    dlnf: Vec<f32>,    // [N, D] d loss / d lnf, unscaled (filled by forward)
     dhead: Vec<f32>,   // [V, D] d loss / d lm_head, unscaled (filled by forward)
     losses: Vec<f32>,  // [N]
     lse: Vec<f32>,     // [HEAD_ROWS] log-sum-exp of each row of the logits chunk
@@ -70,7 +67,7 @@ pub struct TrainModel {
     counted: usize,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
-    g: GradScratch,
+    g: Scratch,
 }
 
 impl TrainModel {
@@ -85,7 +82,6 @@ impl TrainModel {
         let layers = (0..cfg.n_layers)
             .map(|_| LayerActs {
                 x: z(n * d),
-                ln1: z(n * d),
                 rstd1: z(n),
                 q: z(n * qd),
                 k: z(n * kvd),
@@ -93,23 +89,21 @@ impl TrainModel {
                 lse: z(batch * cfg.n_heads * seq),
                 attn_out: z(n * qd),
                 x_mid: z(n * d),
-                ln2: z(n * d),
                 rstd2: z(n),
                 gate: z(n * f),
                 up: z(n * f),
-                h: z(n * f),
             })
             .collect();
         let (rope_cos, rope_sin) = rope_tables(seq, cfg.head_dim, cfg.rope_theta);
-        let g = GradScratch {
+        let g = Scratch {
+            ln: z(n * d),
+            h: z(n * f),
             dres: z(n * d),
             dln: z(n * d),
             dq: z(n * qd),
             dk: z(n * kvd),
             dv: z(n * kvd),
             dattn: z(n * qd),
-            dgate: z(n * f),
-            dup: z(n * f),
             dh: z(n * f),
             partials: z(n.div_ceil(ROWS_PER_TASK) * d),
         };
@@ -121,10 +115,8 @@ impl TrainModel {
             seq,
             layers,
             x_final: z(n * d),
-            lnf: z(n * d),
             rstdf: z(n),
             logits: z(HEAD_ROWS.min(n) * cfg.vocab_size),
-            dlnf: z(n * d),
             dhead: z(cfg.vocab_size * d),
             losses: z(n),
             lse: z(HEAD_ROWS.min(n)),
@@ -162,11 +154,11 @@ impl TrainModel {
         self.body_forward(tokens);
         let (n, d, v) = (tokens.len(), self.cfg.dim, self.cfg.vocab_size);
         let mut out = vec![0.0; n * v];
-        linear_forward(&mut out, &self.lnf, &self.params[self.layout.lm_head.clone()], n, d, v, false);
+        linear_forward(&mut out, &self.g.ln, &self.params[self.layout.lm_head.clone()], n, d, v, false);
         out
     }
 
-    /// Embedding, the blocks and the final norm: fills the activations up to `lnf`.
+    /// Embedding, the blocks and the final norm: fills the activations, and lnf into `g.ln`.
     fn body_forward(&mut self, tokens: &[u32]) {
         let n = self.batch * self.seq;
         assert!(tokens.len() == n, "expected {n} tokens");
@@ -182,28 +174,29 @@ impl TrainModel {
             let w = &self.layout.layers[l];
             let (done, rest) = self.layers.split_at_mut(l + 1);
             let a = &mut done[l];
-            rmsnorm_forward(&mut a.ln1, &mut a.rstd1, &a.x, &p[w.attn_norm.clone()], d, c.norm_eps);
-            linear_forward(&mut a.q, &a.ln1, &p[w.wq.clone()], n, d, qd, false);
-            linear_forward(&mut a.k, &a.ln1, &p[w.wk.clone()], n, d, kvd, false);
-            linear_forward(&mut a.v, &a.ln1, &p[w.wv.clone()], n, d, kvd, false);
+            let (ln, h) = (&mut self.g.ln, &mut self.g.h);
+            rmsnorm_forward(ln, &mut a.rstd1, &a.x, &p[w.attn_norm.clone()], d, c.norm_eps);
+            linear_forward(&mut a.q, ln, &p[w.wq.clone()], n, d, qd, false);
+            linear_forward(&mut a.k, ln, &p[w.wk.clone()], n, d, kvd, false);
+            linear_forward(&mut a.v, ln, &p[w.wv.clone()], n, d, kvd, false);
             rope_forward(&mut a.q, &self.rope_cos, &self.rope_sin, self.seq, c.n_heads, c.head_dim);
             rope_forward(&mut a.k, &self.rope_cos, &self.rope_sin, self.seq, c.n_kv_heads, c.head_dim);
             attention_forward(&mut a.attn_out, &mut a.lse, &a.q, &a.k, &a.v, shape);
             a.x_mid.copy_from_slice(&a.x);
             linear_forward(&mut a.x_mid, &a.attn_out, &p[w.wo.clone()], n, qd, d, true);
-            rmsnorm_forward(&mut a.ln2, &mut a.rstd2, &a.x_mid, &p[w.ffn_norm.clone()], d, c.norm_eps);
-            linear_forward(&mut a.gate, &a.ln2, &p[w.w_gate.clone()], n, d, f, false);
-            linear_forward(&mut a.up, &a.ln2, &p[w.w_up.clone()], n, d, f, false);
-            swiglu_forward(&mut a.h, &a.gate, &a.up);
+            rmsnorm_forward(ln, &mut a.rstd2, &a.x_mid, &p[w.ffn_norm.clone()], d, c.norm_eps);
+            linear_forward(&mut a.gate, ln, &p[w.w_gate.clone()], n, d, f, false);
+            linear_forward(&mut a.up, ln, &p[w.w_up.clone()], n, d, f, false);
+            swiglu_forward(h, &a.gate, &a.up);
             let x_next = match rest.first_mut() {
                 Some(next) => &mut next.x,
                 None => &mut self.x_final,
             };
             x_next.copy_from_slice(&a.x_mid);
-            linear_forward(x_next, &a.h, &p[w.w_down.clone()], n, f, d, true);
+            linear_forward(x_next, h, &p[w.w_down.clone()], n, f, d, true);
         }
         rmsnorm_forward(
-            &mut self.lnf,
+            &mut self.g.ln,
             &mut self.rstdf,
             &self.x_final,
             &p[self.layout.final_norm.clone()],
@@ -222,19 +215,19 @@ impl TrainModel {
         let w = &self.params[self.layout.lm_head.clone()];
         if with_grad {
             self.dhead.fill(0.0);
-            self.dlnf.fill(0.0);
+            self.g.dln.fill(0.0);
         }
         self.counted = 0;
         for r0 in (0..n).step_by(HEAD_ROWS) {
             let rows = HEAD_ROWS.min(n - r0);
-            let (x, t) = (&self.lnf[r0 * d..(r0 + rows) * d], &targets[r0..r0 + rows]);
+            let (x, t) = (&self.g.ln[r0 * d..(r0 + rows) * d], &targets[r0..r0 + rows]);
             let logits = &mut self.logits[..rows * v];
             linear_forward(logits, x, w, rows, d, v, false);
             let lse = &mut self.lse[..rows];
             self.counted += crossentropy_forward(&mut self.losses[r0..r0 + rows], lse, logits, t, v);
             if with_grad {
                 crossentropy_backward(logits, lse, t, v, 1.0);
-                let dx = &mut self.dlnf[r0 * d..(r0 + rows) * d];
+                let dx = &mut self.g.dln[r0 * d..(r0 + rows) * d];
                 linear_backward(dx, &mut self.dhead, logits, x, w, rows, d, v);
             }
         }
@@ -258,7 +251,7 @@ impl TrainModel {
 
         let scale = loss_scale / self.counted as f32;
         scaled_add(&mut gr[lay.lm_head.clone()], &self.dhead, scale);
-        g.dln.iter_mut().zip(&self.dlnf).for_each(|(o, x)| *o = x * scale);
+        g.dln.iter_mut().for_each(|x| *x *= scale);
         g.dres.fill(0.0);
         let fnorm = lay.final_norm.clone();
         rmsnorm_backward(
@@ -273,13 +266,17 @@ impl TrainModel {
         );
         for l in (0..c.n_layers).rev() {
             let (w, a) = (&lay.layers[l], &self.layers[l]);
-            // x_next = x_mid + h · Wdᵀ
+            // x_next = x_mid + h · Wdᵀ, h = silu(gate) · up (recomputed)
+            swiglu_forward(&mut g.h, &a.gate, &a.up);
             g.dh.fill(0.0);
-            linear_backward(&mut g.dh, &mut gr[w.w_down.clone()], &g.dres, &a.h, &p[w.w_down.clone()], n, f, d);
-            swiglu_backward(&mut g.dgate, &mut g.dup, &g.dh, &a.gate, &a.up);
+            linear_backward(&mut g.dh, &mut gr[w.w_down.clone()], &g.dres, &g.h, &p[w.w_down.clone()], n, f, d);
+            let (dgate, dup) = (&mut g.h, &mut g.dh);
+            swiglu_backward(dgate, dup, &a.gate, &a.up);
+            // gate, up = ln2 · Wgᵀ, ln2 · Wuᵀ, ln2 = rmsnorm(x_mid) (recomputed)
+            rmsnorm_apply(&mut g.ln, &a.x_mid, &p[w.ffn_norm.clone()], &a.rstd2, d);
             g.dln.fill(0.0);
-            linear_backward(&mut g.dln, &mut gr[w.w_gate.clone()], &g.dgate, &a.ln2, &p[w.w_gate.clone()], n, d, f);
-            linear_backward(&mut g.dln, &mut gr[w.w_up.clone()], &g.dup, &a.ln2, &p[w.w_up.clone()], n, d, f);
+            linear_backward(&mut g.dln, &mut gr[w.w_gate.clone()], dgate, &g.ln, &p[w.w_gate.clone()], n, d, f);
+            linear_backward(&mut g.dln, &mut gr[w.w_up.clone()], dup, &g.ln, &p[w.w_up.clone()], n, d, f);
             let wn = w.ffn_norm.clone();
             rmsnorm_backward(&mut g.dres, &mut gr[wn.clone()], &mut g.partials, &g.dln, &a.x_mid, &p[wn], &a.rstd2, d);
             // x_mid = x + attn_out · Woᵀ
@@ -288,10 +285,12 @@ impl TrainModel {
             attention_backward(&mut g.dq, &mut g.dk, &mut g.dv, &g.dattn, &a.q, &a.k, &a.v, &a.lse, shape);
             rope_backward(&mut g.dq, &self.rope_cos, &self.rope_sin, self.seq, c.n_heads, c.head_dim);
             rope_backward(&mut g.dk, &self.rope_cos, &self.rope_sin, self.seq, c.n_kv_heads, c.head_dim);
+            // q, k, v = ln1 · W{q,k,v}ᵀ, ln1 = rmsnorm(x) (recomputed)
+            rmsnorm_apply(&mut g.ln, &a.x, &p[w.attn_norm.clone()], &a.rstd1, d);
             g.dln.fill(0.0);
-            linear_backward(&mut g.dln, &mut gr[w.wq.clone()], &g.dq, &a.ln1, &p[w.wq.clone()], n, d, qd);
-            linear_backward(&mut g.dln, &mut gr[w.wk.clone()], &g.dk, &a.ln1, &p[w.wk.clone()], n, d, kvd);
-            linear_backward(&mut g.dln, &mut gr[w.wv.clone()], &g.dv, &a.ln1, &p[w.wv.clone()], n, d, kvd);
+            linear_backward(&mut g.dln, &mut gr[w.wq.clone()], &g.dq, &g.ln, &p[w.wq.clone()], n, d, qd);
+            linear_backward(&mut g.dln, &mut gr[w.wk.clone()], &g.dk, &g.ln, &p[w.wk.clone()], n, d, kvd);
+            linear_backward(&mut g.dln, &mut gr[w.wv.clone()], &g.dv, &g.ln, &p[w.wv.clone()], n, d, kvd);
             let an = w.attn_norm.clone();
             rmsnorm_backward(&mut g.dres, &mut gr[an.clone()], &mut g.partials, &g.dln, &a.x, &p[an], &a.rstd1, d);
         }

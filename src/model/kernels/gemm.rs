@@ -126,12 +126,24 @@ fn pack_a(dst: &mut [f32], a: Mat, ic: usize, pc: usize, mc: usize, kc: usize) {
     for (pi, i0) in (0..mc).step_by(MR).enumerate() {
         let panel = &mut dst[pi * MR * kc..(pi + 1) * MR * kc];
         let rows = MR.min(mc - i0);
-        for (p, out) in panel.chunks_exact_mut(MR).enumerate() {
-            let col = (pc + p) * a.cs;
-            for (r, o) in out[..rows].iter_mut().enumerate() {
-                *o = a.data[(ic + i0 + r) * a.rs + col];
+        if rows < MR {
+            panel.fill(0.0);
+        }
+        if a.cs == 1 {
+            // rows of a are contiguous: read each along k, write with stride MR
+            for r in 0..rows {
+                let src = &a.data[(ic + i0 + r) * a.rs + pc..][..kc];
+                for (p, &v) in src.iter().enumerate() {
+                    panel[p * MR + r] = v;
+                }
             }
-            out[rows..].fill(0.0);
+        } else {
+            for (p, out) in panel.chunks_exact_mut(MR).enumerate() {
+                let col = (pc + p) * a.cs;
+                for (r, o) in out[..rows].iter_mut().enumerate() {
+                    *o = a.data[(ic + i0 + r) * a.rs + col];
+                }
+            }
         }
     }
 }
@@ -141,16 +153,28 @@ fn pack_b(dst: &mut [f32], b: Mat, pc: usize, jc: usize, kc: usize, nc: usize) {
     for (pj, j0) in (0..nc).step_by(NR).enumerate() {
         let panel = &mut dst[pj * NR * kc..(pj + 1) * NR * kc];
         let cols = NR.min(nc - j0);
-        for (p, out) in panel.chunks_exact_mut(NR).enumerate() {
-            let row = (pc + p) * b.rs + (jc + j0) * b.cs;
-            if b.cs == 1 {
-                out[..cols].copy_from_slice(&b.data[row..row + cols]);
-            } else {
-                for (j, o) in out[..cols].iter_mut().enumerate() {
-                    *o = b.data[row + j * b.cs];
+        if cols < NR {
+            panel.fill(0.0);
+        }
+        if b.rs == 1 {
+            // columns of b are contiguous (a transposed view): read each along k, write with stride NR
+            for j in 0..cols {
+                let src = &b.data[pc + (jc + j0 + j) * b.cs..][..kc];
+                for (p, &v) in src.iter().enumerate() {
+                    panel[p * NR + j] = v;
                 }
             }
-            out[cols..].fill(0.0);
+        } else {
+            for (p, out) in panel.chunks_exact_mut(NR).enumerate() {
+                let row = (pc + p) * b.rs + (jc + j0) * b.cs;
+                if b.cs == 1 {
+                    out[..cols].copy_from_slice(&b.data[row..row + cols]);
+                } else {
+                    for (j, o) in out[..cols].iter_mut().enumerate() {
+                        *o = b.data[row + j * b.cs];
+                    }
+                }
+            }
         }
     }
 }

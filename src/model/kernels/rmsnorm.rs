@@ -8,8 +8,18 @@ pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], 
     out.par_chunks_mut(c).zip(rstd.par_iter_mut()).zip(x.par_chunks(c)).for_each(|((o, r), xr)| {
         let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
         *r = 1.0 / (ms + eps).sqrt();
-        o.iter_mut().zip(xr).zip(w).for_each(|((o, xv), wv)| *o = xv * *r * wv);
+        scale_row(o, xr, w, *r);
     });
+}
+
+/// out = x * rstd * w with the rstd saved by `rmsnorm_forward`: recomputes its output bit for bit
+/// (the backward pass does this instead of keeping every norm's output).
+pub fn rmsnorm_apply(out: &mut [f32], x: &[f32], w: &[f32], rstd: &[f32], c: usize) {
+    out.par_chunks_mut(c).zip(rstd.par_iter()).zip(x.par_chunks(c)).for_each(|((o, &r), xr)| scale_row(o, xr, w, r));
+}
+
+fn scale_row(out: &mut [f32], x: &[f32], w: &[f32], rstd: f32) {
+    out.iter_mut().zip(x).zip(w).for_each(|((o, xv), wv)| *o = xv * rstd * wv);
 }
 
 /// dx[N, C] += ∂/∂x, dw[C] += ∂/∂w, given dout: [N, C] and the forward's x, w, rstd.

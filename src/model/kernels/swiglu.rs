@@ -13,15 +13,16 @@ pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
     });
 }
 
-/// dgate = dout * up * silu'(gate), dup = dout * silu(gate) (overwrite: gate and up feed only this op).
-pub fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
-    dgate.par_chunks_mut(CHUNK).zip(dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dg, du))| {
+/// dgate = dout * up * silu'(gate), dup = dout * silu(gate) (overwrite: gate and up feed only this
+/// op). `dout_dup` holds dout on entry and dup on return, which saves a [N, F] buffer.
+pub fn swiglu_backward(dgate: &mut [f32], dout_dup: &mut [f32], gate: &[f32], up: &[f32]) {
+    dgate.par_chunks_mut(CHUNK).zip(dout_dup.par_chunks_mut(CHUNK)).enumerate().for_each(|(i, (dg, dd))| {
         let s = i * CHUNK;
         for j in 0..dg.len() {
-            let (g, u, d) = (gate[s + j], up[s + j], dout[s + j]);
+            let (g, u, d) = (gate[s + j], up[s + j], dd[j]);
             let sig = 1.0 / (1.0 + (-g).exp());
             dg[j] = d * u * sig * (1.0 + g * (1.0 - sig));
-            du[j] = d * g * sig;
+            dd[j] = d * g * sig;
         }
     });
 }
