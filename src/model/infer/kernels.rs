@@ -1,10 +1,10 @@
-//! Inference kernels: weight matrices in f32 or q8_0, batched matrix–vector products threaded
-//! over weight rows (also used for prefill: measured faster here than `matrixmultiply`'s packed
-//! GEMM at these sizes), RMSNorm, RoPE and attention over a KV cache.
+//! Inference kernels: weight matrices in f32 or q8_0 stored in panels of 16 rows, batched
+//! matrix–vector products threaded over panels (also used for prefill), RMSNorm, RoPE and attention
+//! over a KV cache.
 //!
-//! The batched product computes every output element with the same instruction sequence whatever
-//! the number of rows in the batch, so a sequence decoded alone or inside a batch gets bit-identical
-//! logits.
+//! The batched product sums every output element in the same order (over the input dimension, one
+//! fused multiply–add per term) whatever the number of rows in the batch, so a sequence decoded
+//! alone or inside a batch gets bit-identical logits.
 
 use crate::model::kernels::{exp, lanes16};
 
@@ -30,9 +30,17 @@ impl std::str::FromStr for Quant {
     }
 }
 
+/// Weight rows per panel: one AVX-512 register of outputs.
+const LANES: usize = 16;
+
+/// Weights stored in panels of 16 rows, column by column: element (n, j) of W lives at
+/// `((n / 16) * k + j) * 16 + n % 16` (rows padded with zeros to a multiple of 16). One pass over
+/// a panel broadcasts each input value against 16 weights and accumulates 16 outputs in one
+/// register, so no horizontal sums are needed and the same loads serve every input row.
 enum Data {
     F32(Vec<f32>),
-    /// `q`: [rows, blocks*32] (the last block of a row zero-padded), `scales`: [rows, blocks].
+    /// `q`: panels of i8 over `k` padded to whole blocks; `scales`: one f32 per (row, block), laid
+    /// out as `[panel, block, 16]`.
     Q8 {
         q: Vec<i8>,
         scales: Vec<f32>,
@@ -50,21 +58,32 @@ impl Matrix {
     /// w: [rows, cols] row-major.
     pub fn new(w: &[f32], rows: usize, cols: usize, quant: Quant) -> Self {
         debug_assert_eq!(w.len(), rows * cols);
+        let panels = rows.div_ceil(LANES);
         let data = match quant {
-            Quant::F32 => Data::F32(w.to_vec()),
+            Quant::F32 => {
+                let mut p = vec![0f32; panels * cols * LANES];
+                for (n, row) in w.chunks_exact(cols).enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        p[((n / LANES) * cols + j) * LANES + n % LANES] = v;
+                    }
+                }
+                Data::F32(p)
+            }
             Quant::Q8 => {
-                let nb = cols.div_ceil(Q8_BLOCK);
-                let mut q = vec![0i8; rows * nb * Q8_BLOCK];
-                let mut scales = vec![0f32; rows * nb];
-                for r in 0..rows {
-                    for (b, blk) in w[r * cols..(r + 1) * cols].chunks(Q8_BLOCK).enumerate() {
+                let nbk = cols.div_ceil(Q8_BLOCK);
+                let kp = nbk * Q8_BLOCK;
+                let mut q = vec![0i8; panels * kp * LANES];
+                let mut scales = vec![0f32; panels * nbk * LANES];
+                for (n, row) in w.chunks_exact(cols).enumerate() {
+                    let (pn, lane) = (n / LANES, n % LANES);
+                    for (b, blk) in row.chunks(Q8_BLOCK).enumerate() {
                         let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
                         let d = amax / 127.0;
                         let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                        scales[r * nb + b] = d;
-                        let dst = &mut q[(r * nb + b) * Q8_BLOCK..];
-                        for (o, v) in dst.iter_mut().zip(blk) {
-                            *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                        scales[(pn * nbk + b) * LANES + lane] = d;
+                        for (i, v) in blk.iter().enumerate() {
+                            let j = b * Q8_BLOCK + i;
+                            q[(pn * kp + j) * LANES + lane] = (v * inv).round().clamp(-127.0, 127.0) as i8;
                         }
                     }
                 }
@@ -84,12 +103,14 @@ impl Matrix {
 
     /// Row `r` as f32 (dequantized for q8).
     pub fn row(&self, r: usize, out: &mut [f32]) {
+        let (pn, lane, k) = (r / LANES, r % LANES, self.cols);
         match &self.data {
-            Data::F32(w) => out.copy_from_slice(&w[r * self.cols..(r + 1) * self.cols]),
+            Data::F32(w) => out.iter_mut().enumerate().for_each(|(j, o)| *o = w[(pn * k + j) * LANES + lane]),
             Data::Q8 { q, scales } => {
-                let nb = self.cols.div_ceil(Q8_BLOCK);
-                for (c, o) in out.iter_mut().enumerate() {
-                    *o = q[r * nb * Q8_BLOCK + c] as f32 * scales[r * nb + c / Q8_BLOCK];
+                let nbk = k.div_ceil(Q8_BLOCK);
+                for (j, o) in out.iter_mut().enumerate() {
+                    let s = scales[(pn * nbk + j / Q8_BLOCK) * LANES + lane];
+                    *o = q[(pn * nbk * Q8_BLOCK + j) * LANES + lane] as f32 * s;
                 }
             }
         }
@@ -116,212 +137,148 @@ unsafe impl Sync for OutPtr {}
 /// Below this many multiply–adds a product runs on the calling thread (a rayon round trip costs more).
 const PAR_MIN_MACS: usize = 1 << 16;
 
-/// Batched matrix–vector product, threaded over the rows of W.
-/// x: [nb, w.cols], out: [nb, w.rows]; out[b, n] = dot(x[b], W[n]).
+/// Batched matrix–vector product, threaded over panels of W's rows.
+/// x: [nb, w.cols], out: [nb, w.rows]; out[b, n] = Σ_j W[n, j] · x[b, j], summed in order of j
+/// with one fused multiply–add per term, whatever nb.
 pub fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
     assert!(x.len() >= nb * w.cols && out.len() >= nb * w.rows);
     let ptr = OutPtr(out.as_mut_ptr());
+    let panels = w.rows.div_ceil(LANES);
     let macs = nb * w.rows * w.cols;
     let pool = super::pool::pool();
     let nt = pool.threads();
     if nt == 1 || macs < PAR_MIN_MACS {
-        // SAFETY: sizes checked above; this call owns all rows.
-        unsafe { matmul_rows(ptr, x, w, nb, 0, w.rows) };
+        // SAFETY: sizes checked above; this call owns all panels.
+        unsafe { matmul_panels(ptr, x, w, nb, 0, panels) };
         return;
     }
     // A few chunks per thread so a preempted thread (shared machine) does not stall the rest.
-    let chunk = w.rows.div_ceil(nt * 4).next_multiple_of(4).max(16);
-    pool.run(w.rows.div_ceil(chunk), |c| {
-        let n0 = c * chunk;
-        let n1 = (n0 + chunk).min(w.rows);
-        // SAFETY: task `c` alone writes columns n0..n1 of `out`; sizes checked above.
-        unsafe { matmul_rows(ptr, x, w, nb, n0, n1) };
+    let chunk = panels.div_ceil(nt * 4).max(1);
+    pool.run(panels.div_ceil(chunk), |c| {
+        let p0 = c * chunk;
+        // SAFETY: task `c` alone writes the columns of panels p0..p1 of `out`; sizes checked above.
+        unsafe { matmul_panels(ptr, x, w, nb, p0, (p0 + chunk).min(panels)) };
     });
 }
 
-/// Computes out[b, n] for n in n0..n1, all b < nb.
-/// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes columns n0..n1.
-unsafe fn matmul_rows(out: OutPtr, x: &[f32], w: &Matrix, nb: usize, n0: usize, n1: usize) {
+/// Computes out[b, n] for the rows n of panels p0..p1, all b < nb.
+/// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes these columns.
+unsafe fn matmul_panels(out: OutPtr, x: &[f32], w: &Matrix, nb: usize, p0: usize, p1: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F; bounds as documented on the caller.
-        unsafe { avx512::matmul_rows(out.0, x, w, nb, n0, n1) };
+        unsafe { avx512::matmul_panels(out.0, x, w, nb, p0, p1) };
         return;
     }
     let k = w.cols;
-    for n in n0..n1 {
+    let mut wv = vec![0f32; k * LANES];
+    for pn in p0..p1 {
+        panel_f32(w, pn, &mut wv);
+        let lanes = LANES.min(w.rows - pn * LANES);
         for b in 0..nb {
-            let xb = &x[b * k..(b + 1) * k];
-            let y = match &w.data {
-                Data::F32(wf) => dot_f32(&wf[n * k..(n + 1) * k], xb),
-                Data::Q8 { q, scales } => {
-                    let nbk = k.div_ceil(Q8_BLOCK);
-                    dot_q8(&q[n * nbk * Q8_BLOCK..], &scales[n * nbk..(n + 1) * nbk], xb)
-                }
-            };
-            // SAFETY: b < nb and n < w.rows; this caller owns column n.
-            unsafe { *out.0.add(b * w.rows + n) = y };
+            let mut acc = [0f32; LANES];
+            for (xj, wj) in x[b * k..(b + 1) * k].iter().zip(wv.chunks_exact(LANES)) {
+                acc.iter_mut().zip(wj).for_each(|(a, &w)| *a = w.mul_add(*xj, *a));
+            }
+            // SAFETY: b < nb and the panel's rows < w.rows; this caller owns these columns.
+            unsafe { out.slice(b * w.rows + pn * LANES, lanes).copy_from_slice(&acc[..lanes]) };
         }
     }
 }
 
-/// Portable dot product with 16 independent lanes (autovectorises).
-fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (xa, xb) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] = xa[i].mul_add(xb[i], acc[i]);
+/// Panel `pn` of W as f32, [k, 16] (dequantized for q8: the same products as the AVX-512 path).
+fn panel_f32(w: &Matrix, pn: usize, out: &mut [f32]) {
+    let k = w.cols;
+    match &w.data {
+        Data::F32(p) => out.copy_from_slice(&p[pn * k * LANES..(pn + 1) * k * LANES]),
+        Data::Q8 { q, scales } => {
+            let nbk = k.div_ceil(Q8_BLOCK);
+            for (j, o) in out.chunks_exact_mut(LANES).enumerate() {
+                let s = &scales[(pn * nbk + j / Q8_BLOCK) * LANES..][..LANES];
+                let qj = &q[(pn * nbk * Q8_BLOCK + j) * LANES..][..LANES];
+                o.iter_mut().zip(qj).zip(s).for_each(|((o, &q), &s)| *o = q as f32 * s);
+            }
         }
     }
-    acc.iter().sum::<f32>() + tail
-}
-
-/// Portable q8_0 row · f32 vector. q: the row's blocks (zero padded), scales: [blocks].
-fn dot_q8(q: &[i8], scales: &[f32], x: &[f32]) -> f32 {
-    x.chunks(Q8_BLOCK)
-        .zip(q.chunks_exact(Q8_BLOCK))
-        .zip(scales)
-        .map(|((xb, qb), s)| xb.iter().zip(qb).map(|(x, &q)| x * q as f32).sum::<f32>() * s)
-        .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Data, Matrix, Q8_BLOCK};
+    use super::{Data, LANES, Matrix, Q8_BLOCK};
     use std::arch::x86_64::*;
 
-    /// Output tile: NR weight rows × R input rows; weights are loaded once per tile for all R rows.
+    /// Output tiles of P panels (16·P weight rows) × R input rows: each weight vector loaded once
+    /// per tile serves R rows; 4×4 tiles keep 16 accumulators in registers.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn matmul_rows(out: *mut f32, x: &[f32], w: &Matrix, nb: usize, n0: usize, n1: usize) {
-        let k = w.cols;
-        let ldo = w.rows;
-        let xp = x.as_ptr();
-        let mut n = n0;
-        while n < n1 {
-            let step = if n + 4 <= n1 { 4 } else { 1 };
+    pub(super) unsafe fn matmul_panels(out: *mut f32, x: &[f32], w: &Matrix, nb: usize, p0: usize, p1: usize) {
+        let mut pn = p0;
+        while pn < p1 {
+            let p = if pn + 4 <= p1 { 4 } else { 1 };
             let mut b = 0;
             while b < nb {
-                let rows = if b + 4 <= nb { 4 } else { 1 };
-                // SAFETY: n + step <= n1 <= w.rows, b + rows <= nb; caller guarantees the buffers.
+                let r = if b + 4 <= nb { 4 } else { 1 };
+                // SAFETY: panels pn..pn+p < p1, rows b..b+r < nb; the caller guarantees the buffers.
                 unsafe {
-                    let o = out.add(b * ldo + n);
-                    let xb = xp.add(b * k);
-                    match (&w.data, step, rows) {
-                        (Data::F32(wf), 4, 4) => tile_f32::<4, 4>(o, ldo, wf.as_ptr().add(n * k), xb, k),
-                        (Data::F32(wf), 4, _) => tile_f32::<4, 1>(o, ldo, wf.as_ptr().add(n * k), xb, k),
-                        (Data::F32(wf), _, 4) => tile_f32::<1, 4>(o, ldo, wf.as_ptr().add(n * k), xb, k),
-                        (Data::F32(wf), _, _) => tile_f32::<1, 1>(o, ldo, wf.as_ptr().add(n * k), xb, k),
-                        (Data::Q8 { q, scales }, s, r) => {
-                            let nbk = k.div_ceil(Q8_BLOCK);
-                            let qp = q.as_ptr().add(n * nbk * Q8_BLOCK);
-                            let sp = scales.as_ptr().add(n * nbk);
-                            match (s, r) {
-                                (4, 4) => tile_q8::<4, 4>(o, ldo, qp, sp, xb, k),
-                                (4, _) => tile_q8::<4, 1>(o, ldo, qp, sp, xb, k),
-                                (_, 4) => tile_q8::<1, 4>(o, ldo, qp, sp, xb, k),
-                                _ => tile_q8::<1, 1>(o, ldo, qp, sp, xb, k),
+                    match (p, r) {
+                        (4, 4) => tile::<4, 4>(out, x, w, b, pn),
+                        (4, _) => tile::<4, 1>(out, x, w, b, pn),
+                        (_, 4) => tile::<1, 4>(out, x, w, b, pn),
+                        _ => tile::<1, 1>(out, x, w, b, pn),
+                    }
+                }
+                b += r;
+            }
+            pn += p;
+        }
+    }
+
+    /// out[b + r, (pn + i) * 16 + l] for i < P, r < R, l < 16 (lanes past w.rows are not stored).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn tile<const P: usize, const R: usize>(out: *mut f32, x: &[f32], w: &Matrix, b: usize, pn: usize) {
+        let k = w.cols;
+        let x = x[b * k..].as_ptr();
+        let mut acc = [[_mm512_setzero_ps(); R]; P];
+        // SAFETY (both arms): panel pn + i holds k (or whole blocks of) columns of 16 lanes;
+        // x holds R rows of k.
+        match &w.data {
+            Data::F32(wf) => unsafe {
+                let wp = wf.as_ptr().add(pn * k * LANES);
+                for j in 0..k {
+                    let xs: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*x.add(r * k + j)));
+                    for i in 0..P {
+                        let wv = _mm512_loadu_ps(wp.add((i * k + j) * LANES));
+                        for r in 0..R {
+                            acc[i][r] = _mm512_fmadd_ps(wv, xs[r], acc[i][r]);
+                        }
+                    }
+                }
+            },
+            Data::Q8 { q, scales } => unsafe {
+                let nbk = k.div_ceil(Q8_BLOCK);
+                let kp = nbk * Q8_BLOCK;
+                let (qp, sp) = (q.as_ptr().add(pn * kp * LANES), scales.as_ptr().add(pn * nbk * LANES));
+                for blk in 0..nbk {
+                    let sc: [__m512; P] = std::array::from_fn(|i| _mm512_loadu_ps(sp.add((i * nbk + blk) * LANES)));
+                    for j in blk * Q8_BLOCK..k.min((blk + 1) * Q8_BLOCK) {
+                        let xs: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*x.add(r * k + j)));
+                        for i in 0..P {
+                            let qv = _mm_loadu_si128(qp.add((i * kp + j) * LANES) as *const __m128i);
+                            let wv = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(qv)), sc[i]);
+                            for r in 0..R {
+                                acc[i][r] = _mm512_fmadd_ps(wv, xs[r], acc[i][r]);
                             }
                         }
                     }
                 }
-                b += rows;
-            }
-            n += step;
+            },
         }
-    }
-
-    #[inline(always)]
-    fn mask(j: usize, k: usize) -> __mmask16 {
-        if j + 16 <= k {
-            0xFFFF
-        } else if j >= k {
-            0
-        } else {
-            ((1u32 << (k - j)) - 1) as __mmask16
-        }
-    }
-
-    /// out[r*ldo + i] = dot(w[i*k..], x[r*k..]) for i < NR, r < R.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn tile_f32<const NR: usize, const R: usize>(
-        out: *mut f32,
-        ldo: usize,
-        w: *const f32,
-        x: *const f32,
-        k: usize,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); R]; NR];
-        let mut xs = [_mm512_setzero_ps(); R];
-        let mut j = 0;
-        while j < k {
-            let m = mask(j, k);
-            // SAFETY: masked loads touch only j..k of each row.
-            unsafe {
-                for r in 0..R {
-                    xs[r] = _mm512_maskz_loadu_ps(m, x.add(r * k + j));
-                }
-                for i in 0..NR {
-                    let wv = _mm512_maskz_loadu_ps(m, w.add(i * k + j));
-                    for r in 0..R {
-                        acc[i][r] = _mm512_fmadd_ps(wv, xs[r], acc[i][r]);
-                    }
-                }
-            }
-            j += 16;
-        }
-        for i in 0..NR {
+        for i in 0..P {
+            let lanes = LANES.min(w.rows.saturating_sub((pn + i) * LANES));
+            let m = ((1u32 << lanes) - 1) as __mmask16;
             for r in 0..R {
-                // SAFETY: the caller sized `out` for R rows of ldo and NR columns.
-                unsafe { *out.add(r * ldo + i) = _mm512_reduce_add_ps(acc[i][r]) };
-            }
-        }
-    }
-
-    /// Like `tile_f32` for q8_0 weights: q rows of `blocks*32` i8, scales rows of `blocks`.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn tile_q8<const NR: usize, const R: usize>(
-        out: *mut f32,
-        ldo: usize,
-        q: *const i8,
-        s: *const f32,
-        x: *const f32,
-        k: usize,
-    ) {
-        let nbk = k.div_ceil(Q8_BLOCK);
-        let mut acc = [[_mm512_setzero_ps(); R]; NR];
-        let mut x0 = [_mm512_setzero_ps(); R];
-        let mut x1 = [_mm512_setzero_ps(); R];
-        for blk in 0..nbk {
-            let j = blk * Q8_BLOCK;
-            let (m0, m1) = (mask(j, k), mask(j + 16, k));
-            // SAFETY: masked x loads stay inside rows; q blocks are padded to 32.
-            unsafe {
-                for r in 0..R {
-                    x0[r] = _mm512_maskz_loadu_ps(m0, x.add(r * k + j));
-                    x1[r] = _mm512_maskz_loadu_ps(m1, x.add(r * k + j + 16));
-                }
-                for i in 0..NR {
-                    let qp = q.add(i * nbk * Q8_BLOCK + j);
-                    let sc = _mm512_set1_ps(*s.add(i * nbk + blk));
-                    let q0 = _mm512_cvtepi8_epi32(_mm_loadu_si128(qp as *const __m128i));
-                    let q1 = _mm512_cvtepi8_epi32(_mm_loadu_si128(qp.add(16) as *const __m128i));
-                    let w0 = _mm512_mul_ps(_mm512_cvtepi32_ps(q0), sc);
-                    let w1 = _mm512_mul_ps(_mm512_cvtepi32_ps(q1), sc);
-                    for r in 0..R {
-                        acc[i][r] = _mm512_fmadd_ps(w0, x0[r], acc[i][r]);
-                        acc[i][r] = _mm512_fmadd_ps(w1, x1[r], acc[i][r]);
-                    }
-                }
-            }
-        }
-        for i in 0..NR {
-            for r in 0..R {
-                // SAFETY: the caller sized `out` for R rows of ldo and NR columns.
-                unsafe { *out.add(r * ldo + i) = _mm512_reduce_add_ps(acc[i][r]) };
+                // SAFETY: the caller sized `out` for rows b..b+R of w.rows columns; masked to w.rows.
+                unsafe { _mm512_mask_storeu_ps(out.add((b + r) * w.rows + (pn + i) * LANES), m, acc[i][r]) };
             }
         }
     }
