@@ -186,7 +186,7 @@ unsafe fn matmul_panels(out: OutPtr, x: &[f32], w: &Matrix, nb: usize, p0: usize
     }
 }
 
-/// Panel `pn` of W as f32, [k, 16] (dequantized for q8: the same products as the AVX-512 path).
+/// Panel `pn` of W as f32, [k, 16] (dequantized for q8).
 fn panel_f32(w: &Matrix, pn: usize, out: &mut [f32]) {
     let k = w.cols;
     match &w.data {
@@ -258,16 +258,23 @@ mod avx512 {
                 let nbk = k.div_ceil(Q8_BLOCK);
                 let kp = nbk * Q8_BLOCK;
                 let (qp, sp) = (q.as_ptr().add(pn * kp * LANES), scales.as_ptr().add(pn * nbk * LANES));
+                // Per block of 32 columns: Σ q·x in `part`, then acc += part · scale.
                 for blk in 0..nbk {
-                    let sc: [__m512; P] = std::array::from_fn(|i| _mm512_loadu_ps(sp.add((i * nbk + blk) * LANES)));
+                    let mut part = [[_mm512_setzero_ps(); R]; P];
                     for j in blk * Q8_BLOCK..k.min((blk + 1) * Q8_BLOCK) {
                         let xs: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*x.add(r * k + j)));
                         for i in 0..P {
                             let qv = _mm_loadu_si128(qp.add((i * kp + j) * LANES) as *const __m128i);
-                            let wv = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(qv)), sc[i]);
+                            let wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(qv));
                             for r in 0..R {
-                                acc[i][r] = _mm512_fmadd_ps(wv, xs[r], acc[i][r]);
+                                part[i][r] = _mm512_fmadd_ps(wv, xs[r], part[i][r]);
                             }
+                        }
+                    }
+                    for i in 0..P {
+                        let sc = _mm512_loadu_ps(sp.add((i * nbk + blk) * LANES));
+                        for r in 0..R {
+                            acc[i][r] = _mm512_fmadd_ps(part[i][r], sc, acc[i][r]);
                         }
                     }
                 }
