@@ -294,12 +294,23 @@ mod avx512 {
 /// RMSNorm of each row. x: [N, C], w: [C] -> out: [N, C].
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
     for (o, xr) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
+        let ms = sum_of_squares(xr) / c as f32;
         let rstd = 1.0 / (ms + eps).sqrt();
         for ((o, v), g) in o.iter_mut().zip(xr).zip(w) {
             *o = v * rstd * g;
         }
     }
+}
+
+/// Σ x², in 16 independent lanes so that it vectorises.
+fn sum_of_squares(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        acc.iter_mut().zip(c).for_each(|(a, v)| *a = v.mul_add(*v, *a));
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Rotate-half RoPE (HF convention) of every head in `x`: [n_heads * hd], pairs (i, i + hd/2).
@@ -316,63 +327,107 @@ pub fn rope(x: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// One query head attending over the first `n` positions of one KV head.
-/// q: [hd]; kt: the head's keys transposed, [hd, cap]; v: its values, [cap, hd];
-/// scores: [>= n] scratch; out: [hd]. The transposed keys make every loop a plain vector loop.
-pub fn attend(out: &mut [f32], scores: &mut [f32], q: &[f32], kt: &[f32], v: &[f32], cap: usize, n: usize) {
-    let hd = q.len();
+/// Positions per block of scores: transposed keys are stored with a row stride that is a multiple
+/// of this, so every block is whole (scores past `n` are computed and ignored).
+pub const KEY_BLOCK: usize = 32;
+
+/// The `g` query heads that share one KV head (grouped-query attention) attend over its first
+/// `n` positions; each key is loaded once for all of them.
+/// q: [g, hd]; kb: the head's keys in blocks, [blocks, hd, KEY_BLOCK] (key t, dim d at
+/// `((t / KEY_BLOCK) * hd + d) * KEY_BLOCK + t % KEY_BLOCK`), at least n keys; v: its values,
+/// [>= n, hd]; scores: [g, ss] scratch (ss >= n rounded up to KEY_BLOCK); out: [g, hd].
+#[allow(clippy::too_many_arguments)]
+pub fn attend(out: &mut [f32], scores: &mut [f32], ss: usize, q: &[f32], kb: &[f32], v: &[f32], hd: usize, n: usize) {
+    let g = q.len() / hd;
     let scale = 1.0 / (hd as f32).sqrt();
-    let scores = &mut scores[..n];
-    // 64 scores at a time stay in registers across the head dimension.
-    let mut t0 = 0;
-    while t0 + 64 <= n {
-        let mut acc = [0f32; 64];
-        for (d, &qd) in q.iter().enumerate() {
-            let k: &[f32; 64] = kt[d * cap + t0..d * cap + t0 + 64].try_into().expect("64 keys");
-            for j in 0..64 {
-                acc[j] = qd.mul_add(k[j], acc[j]);
+    for (blk, keys) in kb.chunks_exact(hd * KEY_BLOCK).take(n.div_ceil(KEY_BLOCK)).enumerate() {
+        for h0 in (0..g).step_by(4) {
+            let (sc, q) = (&mut scores[h0 * ss + blk * KEY_BLOCK..], &q[h0 * hd..]);
+            match (g - h0).min(4) {
+                4 => key_scores::<4>(sc, ss, q, keys, scale),
+                3 => key_scores::<3>(sc, ss, q, keys, scale),
+                2 => key_scores::<2>(sc, ss, q, keys, scale),
+                _ => key_scores::<1>(sc, ss, q, keys, scale),
             }
         }
-        for (s, a) in scores[t0..t0 + 64].iter_mut().zip(acc) {
-            *s = a * scale;
+    }
+    for sc in scores.chunks_mut(ss).take(g) {
+        let sc = &mut sc[..n];
+        let max = lanes16(sc, f32::NEG_INFINITY, f32::max);
+        for s in sc.iter_mut() {
+            *s = exp(*s - max);
         }
-        t0 += 64;
+        let inv = 1.0 / lanes16(sc, 0.0, |a, b| a + b);
+        sc.iter_mut().for_each(|s| *s *= inv);
     }
-    for (t, s) in scores.iter_mut().enumerate().skip(t0) {
-        *s = q.iter().enumerate().map(|(d, qd)| qd * kt[d * cap + t]).sum::<f32>() * scale;
-    }
-    let max = lanes16(scores, f32::NEG_INFINITY, f32::max);
-    for s in scores.iter_mut() {
-        *s = exp(*s - max);
-    }
-    let inv = 1.0 / lanes16(scores, 0.0, |a, b| a + b);
-    match hd {
-        32 => weighted_sum::<32>(out, scores, v, inv),
-        64 => weighted_sum::<64>(out, scores, v, inv),
-        _ => {
-            out.fill(0.0);
-            for (s, vt) in scores.iter().zip(v.chunks_exact(hd)) {
-                let p = s * inv;
-                for (o, x) in out.iter_mut().zip(vt) {
-                    *o = p.mul_add(*x, *o);
+    let tiles = if hd > 64 { 2 } else { 4 };
+    let mut h0 = 0;
+    while h0 < g {
+        let step = if g - h0 >= tiles { tiles } else { 1 };
+        let (o, sc) = (&mut out[h0 * hd..], &scores[h0 * ss..]);
+        h0 += step;
+        match (step, hd) {
+            (4, 32) => weighted_sum::<4, 32>(o, sc, ss, v, n),
+            (4, 48) => weighted_sum::<4, 48>(o, sc, ss, v, n),
+            (4, 64) => weighted_sum::<4, 64>(o, sc, ss, v, n),
+            (2, 128) => weighted_sum::<2, 128>(o, sc, ss, v, n),
+            (_, 32) => weighted_sum::<1, 32>(o, sc, ss, v, n),
+            (_, 48) => weighted_sum::<1, 48>(o, sc, ss, v, n),
+            (_, 64) => weighted_sum::<1, 64>(o, sc, ss, v, n),
+            (_, 128) => weighted_sum::<1, 128>(o, sc, ss, v, n),
+            _ => {
+                for (h, o) in o.chunks_exact_mut(hd).take(step).enumerate() {
+                    o.fill(0.0);
+                    for (s, vt) in sc[h * ss..][..n].iter().zip(v.chunks_exact(hd)) {
+                        for (o, x) in o.iter_mut().zip(vt) {
+                            *o = s.mul_add(*x, *o);
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-/// out = inv * sum_t p[t] * v[t], with the HD outputs kept in registers. v: [>= p.len(), HD].
+/// scores[h * ss + j] = scale · q[h] · k[j] for H heads and one block of keys ([hd, KEY_BLOCK]),
+/// the H × KEY_BLOCK sums kept in registers across the head dimension.
 #[allow(clippy::needless_range_loop)]
-fn weighted_sum<const HD: usize>(out: &mut [f32], p: &[f32], v: &[f32], inv: f32) {
-    let mut acc = [0f32; HD];
-    for (s, vt) in p.iter().zip(v.chunks_exact(HD)) {
-        let vt: &[f32; HD] = vt.try_into().expect("HD values");
-        for i in 0..HD {
-            acc[i] = s.mul_add(vt[i], acc[i]);
+fn key_scores<const H: usize>(scores: &mut [f32], ss: usize, q: &[f32], keys: &[f32], scale: f32) {
+    let hd = keys.len() / KEY_BLOCK;
+    let qs: [&[f32]; H] = std::array::from_fn(|h| &q[h * hd..(h + 1) * hd]);
+    let mut acc = [[0f32; KEY_BLOCK]; H];
+    for (d, k) in keys.chunks_exact(KEY_BLOCK).enumerate() {
+        for h in 0..H {
+            let qd = qs[h][d];
+            for j in 0..KEY_BLOCK {
+                acc[h][j] = qd.mul_add(k[j], acc[h][j]);
+            }
         }
     }
-    for (o, a) in out.iter_mut().zip(acc) {
-        *o = a * inv;
+    for h in 0..H {
+        for (s, a) in scores[h * ss..][..KEY_BLOCK].iter_mut().zip(acc[h]) {
+            *s = a * scale;
+        }
+    }
+}
+
+/// out[h] = Σ_t p[h, t] · v[t] for H heads (p: [H, ss], first n used), the H × HD
+/// outputs kept in registers and each value row loaded once for all heads. v: [>= n, HD].
+#[allow(clippy::needless_range_loop)]
+fn weighted_sum<const H: usize, const HD: usize>(out: &mut [f32], p: &[f32], ss: usize, v: &[f32], n: usize) {
+    let ps: [&[f32]; H] = std::array::from_fn(|h| &p[h * ss..h * ss + n]);
+    let mut acc = [[0f32; HD]; H];
+    for (t, vt) in v.chunks_exact(HD).take(n).enumerate() {
+        let vt: &[f32; HD] = vt.try_into().expect("HD values");
+        for h in 0..H {
+            let s = ps[h][t];
+            for i in 0..HD {
+                acc[h][i] = s.mul_add(vt[i], acc[h][i]);
+            }
+        }
+    }
+    for h in 0..H {
+        out[h * HD..(h + 1) * HD].copy_from_slice(&acc[h]);
     }
 }
 
@@ -432,22 +487,30 @@ mod tests {
 
     #[test]
     fn attend_matches_naive_softmax_attention() {
-        for (hd, n) in [(32, 150), (64, 70), (48, 129), (10, 5)] {
-            let cap = n + 3;
-            let (q, kt, v) = (rand_vec(hd, 7), rand_vec(hd * cap, 8), rand_vec(cap * hd, 9));
-            let mut out = vec![0.0; hd];
-            attend(&mut out, &mut vec![0.0; cap], &q, &kt, &v, cap, n);
-            let s: Vec<f64> = (0..n)
-                .map(|t| (0..hd).map(|d| q[d] as f64 * kt[d * cap + t] as f64).sum::<f64>() * 4.0 / (hd as f64).sqrt())
-                .collect();
-            // 4x larger q to make the softmax peaky: rerun ours with it
-            let q4: Vec<f32> = q.iter().map(|x| x * 4.0).collect();
-            attend(&mut out, &mut vec![0.0; cap], &q4, &kt, &v, cap, n);
-            let m = s.iter().cloned().fold(f64::MIN, f64::max);
-            let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
-            for (d, o) in out.iter().enumerate() {
-                let want: f64 = (0..n).map(|t| (s[t] - m).exp() / z * v[t * hd + d] as f64).sum();
-                assert!((*o as f64 - want).abs() < 1e-5, "hd {hd} n {n} d {d}: {o} vs {want}");
+        // (head_dim, query heads sharing the KV head, positions)
+        for (hd, g, n) in [(32usize, 4usize, 150usize), (64, 2, 70), (48, 1, 129), (10, 5, 5), (64, 8, 33)] {
+            let cap = (n + 3).next_multiple_of(KEY_BLOCK);
+            let ss = cap + KEY_BLOCK;
+            // 4x larger q makes the softmax peaky
+            let q: Vec<f32> = rand_vec(g * hd, 7).iter().map(|x| x * 4.0).collect();
+            let (kb, v) = (rand_vec(hd * cap, 8), rand_vec(cap * hd, 9));
+            let key = |t: usize, d: usize| kb[((t / KEY_BLOCK) * hd + d) * KEY_BLOCK + t % KEY_BLOCK] as f64;
+            let mut out = vec![0.0; g * hd];
+            attend(&mut out, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n);
+            for h in 0..g {
+                let s: Vec<f64> = (0..n)
+                    .map(|t| {
+                        let dot: f64 = (0..hd).map(|d| q[h * hd + d] as f64 * key(t, d)).sum();
+                        dot / (hd as f64).sqrt()
+                    })
+                    .collect();
+                let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = s.iter().map(|x| (x - m).exp()).sum();
+                for d in 0..hd {
+                    let want: f64 = (0..n).map(|t| (s[t] - m).exp() / z * v[t * hd + d] as f64).sum();
+                    let o = out[h * hd + d] as f64;
+                    assert!((o - want).abs() < 1e-5, "hd {hd} g {g} n {n} head {h} d {d}: {o} vs {want}");
+                }
             }
         }
     }

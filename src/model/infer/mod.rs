@@ -10,10 +10,11 @@ pub mod kernels;
 pub mod pool;
 
 use crate::model::config::ModelConfig;
+use crate::model::kernels::silu;
 use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
 pub use kernels::Quant;
-use kernels::{Matrix, OutPtr, attend, matmul, rmsnorm, rope};
+use kernels::{KEY_BLOCK, Matrix, OutPtr, attend, matmul, rmsnorm, rope};
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +59,14 @@ pub struct InferModel {
     sin: Vec<f32>,
 }
 
-/// Keys and values of one sequence: k: [n_layers, n_kv_heads, head_dim, cap] (transposed, so
-/// a query scores all positions in one vector loop), v: [n_layers, n_kv_heads, cap, head_dim].
+/// Keys and values of one sequence: k: [n_layers, n_kv_heads, stride / KEY_BLOCK, head_dim,
+/// KEY_BLOCK] (blocks of keys transposed, so a query scores a block of positions in one vector
+/// loop), v: [n_layers, n_kv_heads, stride, head_dim]; `stride` is `cap` rounded up to whole blocks.
 pub struct KvCache {
     k: Vec<f32>,
     v: Vec<f32>,
     cap: usize,
+    stride: usize,
     len: usize,
 }
 
@@ -71,8 +74,9 @@ impl KvCache {
     /// A cache for `cap` positions (at most the model's `max_seq_len`).
     pub fn new(cfg: &ModelConfig, cap: usize) -> Self {
         let cap = cap.min(cfg.max_seq_len);
-        let n = cfg.n_layers * cap * cfg.kv_dim();
-        KvCache { k: vec![0.0; n], v: vec![0.0; n], cap, len: 0 }
+        let stride = cap.next_multiple_of(KEY_BLOCK);
+        let n = cfg.n_layers * stride * cfg.kv_dim();
+        KvCache { k: vec![0.0; n], v: vec![0.0; n], cap, stride, len: 0 }
     }
     /// Positions filled so far (the position of the next token).
     pub fn len(&self) -> usize {
@@ -115,7 +119,7 @@ impl Scratch {
             xn: vec![0.0; r * c.dim],
             qkv: vec![0.0; r * (c.q_dim() + 2 * c.kv_dim())],
             att: vec![0.0; r * c.q_dim()],
-            scores: vec![0.0; r * c.n_heads * c.max_seq_len],
+            scores: vec![0.0; r * c.n_heads * c.max_seq_len.next_multiple_of(KEY_BLOCK)],
             h13: vec![0.0; r * 2 * c.ffn_hidden],
             h: vec![0.0; r * c.ffn_hidden],
             pos: vec![0; r],
@@ -284,11 +288,12 @@ impl InferModel {
                 rope(q, hd, cs, sn);
                 rope(&mut kv[..kvd], hd, cs, sn);
                 let cache = &mut caches[ci];
-                let cap = cache.cap;
+                let stride = cache.stride;
                 for (h, (k, v)) in kv[..kvd].chunks_exact(hd).zip(kv[kvd..].chunks_exact(hd)).enumerate() {
-                    let head = (l * c.n_kv_heads + h) * hd * cap;
+                    let head = (l * c.n_kv_heads + h) * hd * stride;
+                    let block = head + (p / KEY_BLOCK) * hd * KEY_BLOCK + p % KEY_BLOCK;
                     for (d, x) in k.iter().enumerate() {
-                        cache.k[head + d * cap + p] = *x;
+                        cache.k[block + d * KEY_BLOCK] = *x;
                     }
                     cache.v[head + p * hd..head + (p + 1) * hd].copy_from_slice(v);
                 }
@@ -301,7 +306,7 @@ impl InferModel {
             for (h, g) in s.h[..nr * f].chunks_exact_mut(f).zip(s.h13.chunks_exact(2 * f)) {
                 let (gate, up) = g.split_at(f);
                 for ((h, g), u) in h.iter_mut().zip(gate).zip(up) {
-                    *h = g / (1.0 + (-g).exp()) * u;
+                    *h = silu(*g) * u;
                 }
             }
             mm(&mut s.xn[..nr * d], &s.h[..nr * f], &layer.w_down);
@@ -328,31 +333,33 @@ impl InferModel {
         Ok(&s.logits[..nl * v])
     }
 
-    /// Causal attention of every row over its cache (keys/values already written), into `s.att`.
+    /// Causal attention of every row over its cache (keys/values already written), into `s.att`;
+    /// one task per (row, KV head) covers the query heads that share that KV head.
     fn attention(&self, s: &mut Scratch, caches: &[KvCache], rows: &[(usize, u32)], l: usize) {
         let c = &self.cfg;
-        let (hd, nh, qd, kvd) = (c.head_dim, c.n_heads, c.q_dim(), c.kv_dim());
+        let (hd, nkv, qd, kvd) = (c.head_dim, c.n_kv_heads, c.q_dim(), c.kv_dim());
         let qkvd = qd + 2 * kvd;
-        let group = nh / c.n_kv_heads;
+        let group = c.n_heads / nkv;
         let nr = rows.len();
         let (qkv, pos) = (&s.qkv, &s.pos);
-        let cap_all = c.max_seq_len;
+        let ss = c.max_seq_len.next_multiple_of(KEY_BLOCK);
         let (att, scores) = (OutPtr(s.att.as_mut_ptr()), OutPtr(s.scores.as_mut_ptr()));
-        let pairs = nr * nh;
-        let work: usize = (0..nr).map(|i| pos[i] + 1).sum::<usize>() * nh * hd;
+        let pairs = nr * nkv;
+        let work: usize = (0..nr).map(|i| pos[i] + 1).sum::<usize>() * c.n_heads * hd;
         let tasks = if work < 1 << 14 { 1 } else { pairs.min(pool::pool().threads() * 4) };
         let per = pairs.div_ceil(tasks);
         pool::pool().run(pairs.div_ceil(per), |task| {
             for j in task * per..((task + 1) * per).min(pairs) {
-                let (i, h) = (j / nh, j % nh);
+                let (i, h) = (j / nkv, j % nkv);
                 let cache = &caches[rows[i].0];
-                let lo = (l * c.n_kv_heads + h / group) * hd * cache.cap;
-                let hi = lo + hd * cache.cap;
-                let q = &qkv[i * qkvd + h * hd..i * qkvd + (h + 1) * hd];
-                // SAFETY: pair j alone uses att[j*hd..][..hd] and scores[j*cap_all..][..cap_all]
-                // (att holds nr*nh*hd, scores max_rows*nh*cap_all floats).
-                let (out, sc) = unsafe { (att.slice(j * hd, hd), scores.slice(j * cap_all, cap_all)) };
-                attend(out, sc, q, &cache.k[lo..hi], &cache.v[lo..hi], cache.cap, pos[i] + 1);
+                let lo = (l * nkv + h) * hd * cache.stride;
+                let hi = lo + hd * cache.stride;
+                let q = &qkv[i * qkvd + h * group * hd..][..group * hd];
+                // SAFETY: pair j alone uses att[j*group*hd..][..group*hd] and
+                // scores[j*group*ss..][..group*ss] (att holds nr*nh*hd, scores max_rows*nh*ss floats).
+                let (out, sc) =
+                    unsafe { (att.slice(j * group * hd, group * hd), scores.slice(j * group * ss, group * ss)) };
+                attend(out, sc, ss, q, &cache.k[lo..hi], &cache.v[lo..hi], hd, pos[i] + 1);
             }
         });
     }
