@@ -2,11 +2,12 @@
 //! matrix–vector products threaded over panels (also used for prefill), RMSNorm, RoPE and attention
 //! over a KV cache.
 //!
-//! The batched product sums every output element in the same order (over the input dimension, one
-//! fused multiply–add per term) whatever the number of rows in the batch, so a sequence decoded
-//! alone or inside a batch gets bit-identical logits.
+//! The batched product computes every output element by the same operations in the same order
+//! whatever the number of rows in the batch, so a sequence decoded alone or inside a batch gets
+//! bit-identical logits.
 
 use crate::model::kernels::{exp, lanes16};
+use std::cell::RefCell;
 
 /// q8_0 block length: each run of 32 weights of a row shares one f32 scale.
 pub const Q8_BLOCK: usize = 32;
@@ -15,7 +16,8 @@ pub const Q8_BLOCK: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Quant {
     F32,
-    /// Weight-only int8 with one f32 scale per block of 32 (like llama.cpp's q8_0).
+    /// Int8 with one f32 scale per block of 32 (like llama.cpp's q8_0); products quantize the
+    /// activations the same way and multiply int8 by int8, as llama.cpp does.
     Q8,
 }
 
@@ -33,18 +35,17 @@ impl std::str::FromStr for Quant {
 /// Weight rows per panel: one AVX-512 register of outputs.
 const LANES: usize = 16;
 
-/// Weights stored in panels of 16 rows, column by column: element (n, j) of W lives at
-/// `((n / 16) * k + j) * 16 + n % 16` (rows padded with zeros to a multiple of 16). One pass over
-/// a panel broadcasts each input value against 16 weights and accumulates 16 outputs in one
+/// Weights stored in panels of 16 rows (rows padded with zeros to a multiple of 16). One pass over
+/// a panel broadcasts input values against 16 rows' weights and accumulates 16 outputs in one
 /// register, so no horizontal sums are needed and the same loads serve every input row.
 enum Data {
+    /// Column by column: element (n, j) at `((n / 16) * k + j) * 16 + n % 16`.
     F32(Vec<f32>),
-    /// `q`: panels of i8 over `k` padded to whole blocks; `scales`: one f32 per (row, block), laid
-    /// out as `[panel, block, 16]`.
-    Q8 {
-        q: Vec<i8>,
-        scales: Vec<f32>,
-    },
+    /// `q`: the int8 value + 128 (so unsigned, the operand type of the int8 dot-product
+    /// instruction), over `k` padded to whole blocks, in groups of 4 columns: element (n, j) at
+    /// `((n / 16) * kp + j / 4 * 4) * 16 + (n % 16) * 4 + j % 4`; each 64-byte group holds 4
+    /// consecutive weights of 16 rows. `scales`: one f32 per (row, block), `[panel, block, 16]`.
+    Q8 { q: Vec<u8>, scales: Vec<f32> },
 }
 
 /// A weight matrix W: [rows, cols] (PyTorch `[out, in]`), applied as y = x @ W^T.
@@ -52,6 +53,35 @@ pub struct Matrix {
     pub rows: usize,
     pub cols: usize,
     data: Data,
+}
+
+/// Index of q8 weight (row `n`, column `j`) in `Data::Q8::q`; `kp`: columns padded to whole blocks.
+fn q8_index(n: usize, j: usize, kp: usize) -> usize {
+    ((n / LANES) * kp + j / 4 * 4) * LANES + (n % LANES) * 4 + j % 4
+}
+
+/// A block's q8_0 scale (amax / 127) and int8 values v / scale rounded to nearest (ties to even)
+/// into `q`; returns the scale and the sum of the int8 values. `v`: at most one block, taken as
+/// zero-padded to a whole one.
+fn quantize_block(v: &[f32], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
+    let mut x = [0f32; Q8_BLOCK];
+    x[..v.len()].copy_from_slice(v);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        return unsafe { avx512::quantize_block(&x, q) };
+    }
+    quantize_block_portable(&x, q)
+}
+
+fn quantize_block_portable(x: &[f32; Q8_BLOCK], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
+    let d = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in q.iter_mut().zip(x.iter()) {
+        // v + 1.5·2^23 rounds v to an integer in the low bits: its low byte is v as an i8.
+        *q = ((v * inv).clamp(-127.0, 127.0) + 12_582_912.0).to_bits() as u8 as i8;
+    }
+    (d, q.iter().map(|&v| v as i32).sum())
 }
 
 impl Matrix {
@@ -72,18 +102,14 @@ impl Matrix {
             Quant::Q8 => {
                 let nbk = cols.div_ceil(Q8_BLOCK);
                 let kp = nbk * Q8_BLOCK;
-                let mut q = vec![0i8; panels * kp * LANES];
+                let mut q = vec![128u8; panels * kp * LANES];
                 let mut scales = vec![0f32; panels * nbk * LANES];
+                let mut qb = [0i8; Q8_BLOCK];
                 for (n, row) in w.chunks_exact(cols).enumerate() {
-                    let (pn, lane) = (n / LANES, n % LANES);
                     for (b, blk) in row.chunks(Q8_BLOCK).enumerate() {
-                        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
-                        let d = amax / 127.0;
-                        let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                        scales[(pn * nbk + b) * LANES + lane] = d;
-                        for (i, v) in blk.iter().enumerate() {
-                            let j = b * Q8_BLOCK + i;
-                            q[(pn * kp + j) * LANES + lane] = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                        scales[((n / LANES) * nbk + b) * LANES + n % LANES] = quantize_block(blk, &mut qb).0;
+                        for (i, &v) in qb[..blk.len()].iter().enumerate() {
+                            q[q8_index(n, b * Q8_BLOCK + i, kp)] = (v as i16 + 128) as u8;
                         }
                     }
                 }
@@ -110,10 +136,45 @@ impl Matrix {
                 let nbk = k.div_ceil(Q8_BLOCK);
                 for (j, o) in out.iter_mut().enumerate() {
                     let s = scales[(pn * nbk + j / Q8_BLOCK) * LANES + lane];
-                    *o = q[(pn * nbk * Q8_BLOCK + j) * LANES + lane] as f32 * s;
+                    *o = (q[q8_index(r, j, nbk * Q8_BLOCK)] as i32 - 128) as f32 * s;
                 }
             }
         }
+    }
+}
+
+/// Rows of activations quantized like q8 weights for an int8 product: per block of 32 a scale
+/// and int8 values (`q`: [nb, kp], zero-padded), plus each block's sum of values, which removes
+/// the weights' +128 offset: Σ (w + 128)·x = Σ w·x + 128·Σ x.
+#[derive(Default)]
+pub struct QuantRows {
+    q: Vec<i8>,
+    scale: Vec<f32>,
+    sum: Vec<i32>,
+}
+
+impl QuantRows {
+    /// x: [nb, k]. Reuses its buffers: no allocation once they are large enough.
+    pub fn quantize(&mut self, x: &[f32], nb: usize, k: usize) {
+        let nbk = k.div_ceil(Q8_BLOCK);
+        let kp = nbk * Q8_BLOCK;
+        self.q.clear();
+        self.q.resize(nb * kp, 0);
+        self.scale.resize(nb * nbk, 0.0);
+        self.sum.resize(nb * nbk, 0);
+        for (b, xr) in x.chunks_exact(k).take(nb).enumerate() {
+            let qr = self.q[b * kp..(b + 1) * kp].chunks_exact_mut(Q8_BLOCK);
+            for (blk, (v, q)) in xr.chunks(Q8_BLOCK).zip(qr).enumerate() {
+                let q: &mut [i8; Q8_BLOCK] = q.try_into().expect("whole blocks");
+                (self.scale[b * nbk + blk], self.sum[b * nbk + blk]) = quantize_block(v, q);
+            }
+        }
+    }
+
+    /// Row `b` dequantized: [k].
+    pub fn row(&self, b: usize, k: usize) -> Vec<f32> {
+        let nbk = k.div_ceil(Q8_BLOCK);
+        (0..k).map(|j| self.q[b * nbk * Q8_BLOCK + j] as f32 * self.scale[b * nbk + j / Q8_BLOCK]).collect()
     }
 }
 
@@ -137,47 +198,70 @@ unsafe impl Sync for OutPtr {}
 /// Below this many multiply–adds a product runs on the calling thread (a rayon round trip costs more).
 const PAR_MIN_MACS: usize = 1 << 16;
 
+thread_local! {
+    /// The calling thread's quantized activations for q8 products.
+    static QUANT_ROWS: RefCell<QuantRows> = RefCell::new(QuantRows::default());
+}
+
 /// Batched matrix–vector product, threaded over panels of W's rows.
-/// x: [nb, w.cols], out: [nb, w.rows]; out[b, n] = Σ_j W[n, j] · x[b, j], summed in order of j
-/// with one fused multiply–add per term, whatever nb.
+/// x: [nb, w.cols], out: [nb, w.rows]; out[b, n] = Σ_j W[n, j] · x[b, j]. f32: summed in order
+/// of j, one fused multiply–add per term. q8: x is quantized per block of 32 as the weights are;
+/// each block's exact int32 dot product, times both scales, is added in order of blocks.
 pub fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
     assert!(x.len() >= nb * w.cols && out.len() >= nb * w.rows);
+    match &w.data {
+        Data::F32(_) => for_panels(out, w, nb, |o, p0, p1| {
+            // SAFETY: as documented on `for_panels`.
+            unsafe { f32_panels(o, x, w, nb, p0, p1) }
+        }),
+        Data::Q8 { .. } => QUANT_ROWS.with_borrow_mut(|xq| {
+            xq.quantize(x, nb, w.cols);
+            let xq = &*xq;
+            for_panels(out, w, nb, |o, p0, p1| {
+                // SAFETY: as documented on `for_panels`.
+                unsafe { q8_panels(o, xq, w, nb, p0, p1) }
+            });
+        }),
+    }
+}
+
+/// Runs `f(out, p0, p1)` over ranges of W's panels, threaded; each call alone writes columns
+/// p0 * 16 .. p1 * 16 (within w.rows) of the nb rows of `out` ([nb, w.rows], checked by the caller).
+fn for_panels(out: &mut [f32], w: &Matrix, nb: usize, f: impl Fn(OutPtr, usize, usize) + Sync) {
     let ptr = OutPtr(out.as_mut_ptr());
     let panels = w.rows.div_ceil(LANES);
     let macs = nb * w.rows * w.cols;
     let pool = super::pool::pool();
     let nt = pool.threads();
     if nt == 1 || macs < PAR_MIN_MACS {
-        // SAFETY: sizes checked above; this call owns all panels.
-        unsafe { matmul_panels(ptr, x, w, nb, 0, panels) };
+        f(ptr, 0, panels);
         return;
     }
     // A few chunks per thread so a preempted thread (shared machine) does not stall the rest.
     let chunk = panels.div_ceil(nt * 4).max(1);
     pool.run(panels.div_ceil(chunk), |c| {
         let p0 = c * chunk;
-        // SAFETY: task `c` alone writes the columns of panels p0..p1 of `out`; sizes checked above.
-        unsafe { matmul_panels(ptr, x, w, nb, p0, (p0 + chunk).min(panels)) };
+        f(ptr, p0, (p0 + chunk).min(panels));
     });
 }
 
-/// Computes out[b, n] for the rows n of panels p0..p1, all b < nb.
+/// f32 product for the rows n of panels p0..p1, all b < nb.
 /// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes these columns.
-unsafe fn matmul_panels(out: OutPtr, x: &[f32], w: &Matrix, nb: usize, p0: usize, p1: usize) {
+unsafe fn f32_panels(out: OutPtr, x: &[f32], w: &Matrix, nb: usize, p0: usize, p1: usize) {
+    let Data::F32(wf) = &w.data else { unreachable!("f32 weights") };
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F; bounds as documented on the caller.
-        unsafe { avx512::matmul_panels(out.0, x, w, nb, p0, p1) };
+        unsafe { avx512::f32_panels(out.0, x, wf, w.rows, w.cols, nb, p0, p1) };
         return;
     }
     let k = w.cols;
-    let mut wv = vec![0f32; k * LANES];
     for pn in p0..p1 {
-        panel_f32(w, pn, &mut wv);
+        let wp = &wf[pn * k * LANES..(pn + 1) * k * LANES];
         let lanes = LANES.min(w.rows - pn * LANES);
         for b in 0..nb {
             let mut acc = [0f32; LANES];
-            for (xj, wj) in x[b * k..(b + 1) * k].iter().zip(wv.chunks_exact(LANES)) {
+            for (xj, wj) in x[b * k..(b + 1) * k].iter().zip(wp.chunks_exact(LANES)) {
                 acc.iter_mut().zip(wj).for_each(|(a, &w)| *a = w.mul_add(*xj, *a));
             }
             // SAFETY: b < nb and the panel's rows < w.rows; this caller owns these columns.
@@ -186,107 +270,223 @@ unsafe fn matmul_panels(out: OutPtr, x: &[f32], w: &Matrix, nb: usize, p0: usize
     }
 }
 
-/// Panel `pn` of W as f32, [k, 16] (dequantized for q8).
-fn panel_f32(w: &Matrix, pn: usize, out: &mut [f32]) {
-    let k = w.cols;
-    match &w.data {
-        Data::F32(p) => out.copy_from_slice(&p[pn * k * LANES..(pn + 1) * k * LANES]),
-        Data::Q8 { q, scales } => {
-            let nbk = k.div_ceil(Q8_BLOCK);
-            for (j, o) in out.chunks_exact_mut(LANES).enumerate() {
-                let s = &scales[(pn * nbk + j / Q8_BLOCK) * LANES..][..LANES];
-                let qj = &q[(pn * nbk * Q8_BLOCK + j) * LANES..][..LANES];
-                o.iter_mut().zip(qj).zip(s).for_each(|((o, &q), &s)| *o = q as f32 * s);
+/// q8 product for the rows n of panels p0..p1, all b < nb (the AVX512-VNNI kernel where the CPU
+/// has it; the portable loop below computes bit-identical results).
+/// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes these columns.
+unsafe fn q8_panels(out: OutPtr, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512vnni") {
+        // SAFETY: the CPU has AVX-512F and VNNI; bounds as documented on the caller.
+        unsafe { avx512::q8_panels(out.0, xq, w, nb, p0, p1) };
+        return;
+    }
+    // SAFETY: forwarded.
+    unsafe { q8_panels_portable(out, xq, w, nb, p0, p1) }
+}
+
+/// SAFETY: as [`q8_panels`].
+unsafe fn q8_panels_portable(out: OutPtr, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
+    let Data::Q8 { q, scales } = &w.data else { unreachable!("q8 weights") };
+    let nbk = w.cols.div_ceil(Q8_BLOCK);
+    let kp = nbk * Q8_BLOCK;
+    for pn in p0..p1 {
+        let lanes = LANES.min(w.rows - pn * LANES);
+        for b in 0..nb {
+            let mut acc = [0f32; LANES];
+            for blk in 0..nbk {
+                let mut isum = [0i32; LANES];
+                for j in (blk * Q8_BLOCK..(blk + 1) * Q8_BLOCK).step_by(4) {
+                    let xg = &xq.q[b * kp + j..][..4];
+                    let wg = &q[(pn * kp + j) * LANES..][..4 * LANES];
+                    for (s, wl) in isum.iter_mut().zip(wg.chunks_exact(4)) {
+                        *s += wl.iter().zip(xg).map(|(&w, &x)| w as i32 * x as i32).sum::<i32>();
+                    }
+                }
+                let (dx, corr) = (xq.scale[b * nbk + blk], 128 * xq.sum[b * nbk + blk]);
+                let dw = &scales[(pn * nbk + blk) * LANES..][..LANES];
+                for ((a, s), d) in acc.iter_mut().zip(isum).zip(dw) {
+                    *a = ((s - corr) as f32).mul_add(d * dx, *a);
+                }
             }
+            // SAFETY: b < nb and the panel's rows < w.rows; this caller owns these columns.
+            unsafe { out.slice(b * w.rows + pn * LANES, lanes).copy_from_slice(&acc[..lanes]) };
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Data, LANES, Matrix, Q8_BLOCK};
+    use super::{Data, LANES, Matrix, Q8_BLOCK, QuantRows};
     use std::arch::x86_64::*;
 
-    /// Output tiles of P panels (16·P weight rows) × R input rows: each weight vector loaded once
-    /// per tile serves R rows; 4×4 tiles keep 16 accumulators in registers.
+    /// f32 product: output tiles of P panels (16·P weight rows) × R input rows; each weight vector
+    /// loaded once per tile serves R rows; 4×4 tiles keep 16 accumulators in registers.
+    /// wf: `Data::F32` panels of a [rows, k] matrix.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn matmul_panels(out: *mut f32, x: &[f32], w: &Matrix, nb: usize, p0: usize, p1: usize) {
+    pub(super) unsafe fn f32_panels(
+        out: *mut f32,
+        x: &[f32],
+        wf: &[f32],
+        rows: usize,
+        k: usize,
+        nb: usize,
+        p0: usize,
+        p1: usize,
+    ) {
+        tiles::<4>(p0, p1, nb, |p, r, pn, b| {
+            // SAFETY: panels pn..pn+p < p1, rows b..b+r < nb; the caller guarantees the buffers.
+            unsafe {
+                match (p, r) {
+                    (4, 4) => f32_tile::<4, 4>(out, x, wf, rows, k, b, pn),
+                    (4, _) => f32_tile::<4, 1>(out, x, wf, rows, k, b, pn),
+                    (_, 4) => f32_tile::<1, 4>(out, x, wf, rows, k, b, pn),
+                    _ => f32_tile::<1, 1>(out, x, wf, rows, k, b, pn),
+                }
+            }
+        });
+    }
+
+    /// Covers panels p0..p1 × rows 0..nb with tiles of 4 (or 1) panels × R (or 1) rows:
+    /// `f(panels, rows, first panel, first row)`.
+    #[inline(always)]
+    fn tiles<const R: usize>(p0: usize, p1: usize, nb: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
         let mut pn = p0;
         while pn < p1 {
             let p = if pn + 4 <= p1 { 4 } else { 1 };
             let mut b = 0;
             while b < nb {
-                let r = if b + 4 <= nb { 4 } else { 1 };
-                // SAFETY: panels pn..pn+p < p1, rows b..b+r < nb; the caller guarantees the buffers.
-                unsafe {
-                    match (p, r) {
-                        (4, 4) => tile::<4, 4>(out, x, w, b, pn),
-                        (4, _) => tile::<4, 1>(out, x, w, b, pn),
-                        (_, 4) => tile::<1, 4>(out, x, w, b, pn),
-                        _ => tile::<1, 1>(out, x, w, b, pn),
-                    }
-                }
+                let r = if b + R <= nb { R } else { 1 };
+                f(p, r, pn, b);
                 b += r;
             }
             pn += p;
         }
     }
 
-    /// out[b + r, (pn + i) * 16 + l] for i < P, r < R, l < 16 (lanes past w.rows are not stored).
+    /// Stores R rows × P panels of accumulators at out[b + r, (pn + i) * 16 + l], lanes past
+    /// `rows` masked off.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::needless_range_loop)]
-    unsafe fn tile<const P: usize, const R: usize>(out: *mut f32, x: &[f32], w: &Matrix, b: usize, pn: usize) {
-        let k = w.cols;
+    unsafe fn store<const P: usize, const R: usize>(
+        out: *mut f32,
+        acc: &[[__m512; R]; P],
+        rows: usize,
+        b: usize,
+        pn: usize,
+    ) {
+        for (i, acc) in acc.iter().enumerate() {
+            let lanes = LANES.min(rows.saturating_sub((pn + i) * LANES));
+            let m = ((1u32 << lanes) - 1) as __mmask16;
+            for (r, a) in acc.iter().enumerate() {
+                // SAFETY: the caller sized `out` for rows b..b+R of `rows` columns; masked to `rows`.
+                unsafe { _mm512_mask_storeu_ps(out.add((b + r) * rows + (pn + i) * LANES), m, *a) };
+            }
+        }
+    }
+
+    /// out[b + r, (pn + i) * 16 + l] for i < P, r < R, l < 16.
+    #[allow(clippy::too_many_arguments, clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn f32_tile<const P: usize, const R: usize>(
+        out: *mut f32,
+        x: &[f32],
+        wf: &[f32],
+        rows: usize,
+        k: usize,
+        b: usize,
+        pn: usize,
+    ) {
         let x = x[b * k..].as_ptr();
         let mut acc = [[_mm512_setzero_ps(); R]; P];
-        // SAFETY (both arms): panel pn + i holds k (or whole blocks of) columns of 16 lanes;
-        // x holds R rows of k.
-        match &w.data {
-            Data::F32(wf) => unsafe {
-                let wp = wf.as_ptr().add(pn * k * LANES);
-                for j in 0..k {
-                    let xs: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*x.add(r * k + j)));
-                    for i in 0..P {
-                        let wv = _mm512_loadu_ps(wp.add((i * k + j) * LANES));
-                        for r in 0..R {
-                            acc[i][r] = _mm512_fmadd_ps(wv, xs[r], acc[i][r]);
-                        }
+        // SAFETY: panel pn + i holds k columns of 16 lanes; x holds R rows of k.
+        unsafe {
+            let wp = wf.as_ptr().add(pn * k * LANES);
+            for j in 0..k {
+                let xs: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*x.add(r * k + j)));
+                for i in 0..P {
+                    let wv = _mm512_loadu_ps(wp.add((i * k + j) * LANES));
+                    for r in 0..R {
+                        acc[i][r] = _mm512_fmadd_ps(wv, xs[r], acc[i][r]);
                     }
                 }
-            },
-            Data::Q8 { q, scales } => unsafe {
-                let nbk = k.div_ceil(Q8_BLOCK);
-                let kp = nbk * Q8_BLOCK;
-                let (qp, sp) = (q.as_ptr().add(pn * kp * LANES), scales.as_ptr().add(pn * nbk * LANES));
-                // Per block of 32 columns: Σ q·x in `part`, then acc += part · scale.
-                for blk in 0..nbk {
-                    let mut part = [[_mm512_setzero_ps(); R]; P];
-                    for j in blk * Q8_BLOCK..k.min((blk + 1) * Q8_BLOCK) {
-                        let xs: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*x.add(r * k + j)));
-                        for i in 0..P {
-                            let qv = _mm_loadu_si128(qp.add((i * kp + j) * LANES) as *const __m128i);
-                            let wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(qv));
-                            for r in 0..R {
-                                part[i][r] = _mm512_fmadd_ps(wv, xs[r], part[i][r]);
-                            }
-                        }
-                    }
-                    for i in 0..P {
-                        let sc = _mm512_loadu_ps(sp.add((i * nbk + blk) * LANES));
-                        for r in 0..R {
-                            acc[i][r] = _mm512_fmadd_ps(part[i][r], sc, acc[i][r]);
-                        }
-                    }
-                }
-            },
-        }
-        for i in 0..P {
-            let lanes = LANES.min(w.rows.saturating_sub((pn + i) * LANES));
-            let m = ((1u32 << lanes) - 1) as __mmask16;
-            for r in 0..R {
-                // SAFETY: the caller sized `out` for rows b..b+R of w.rows columns; masked to w.rows.
-                unsafe { _mm512_mask_storeu_ps(out.add((b + r) * w.rows + (pn + i) * LANES), m, acc[i][r]) };
             }
+            store(out, &acc, rows, b, pn);
+        }
+    }
+
+    /// [`super::quantize_block`] of a whole block, with the same results.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn quantize_block(x: &[f32; Q8_BLOCK], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
+        // SAFETY: x and q hold two vectors of 16.
+        unsafe {
+            let (a, b) = (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16)));
+            let d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0;
+            let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+            // Converted with the default rounding: to nearest, ties to even.
+            let qa = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(a, inv), lo), hi));
+            let qb = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(b, inv), lo), hi));
+            _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(qa));
+            _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(qb));
+            (d, _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)))
+        }
+    }
+
+    /// q8 product with AVX512-VNNI: one `vpdpbusd` multiplies 4 consecutive unsigned weights of 16
+    /// rows by 4 broadcast int8 activations and adds into 16 int32 sums (64 multiply–adds). Tiles
+    /// of 4 panels × 2 rows hold 8 int32 block sums and 8 f32 accumulators in registers.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
+        tiles::<2>(p0, p1, nb, |p, r, pn, b| {
+            // SAFETY: panels pn..pn+p < p1, rows b..b+r < nb; the caller guarantees the buffers.
+            unsafe {
+                match (p, r) {
+                    (4, 2) => q8_tile::<4, 2>(out, xq, w, b, pn),
+                    (4, _) => q8_tile::<4, 1>(out, xq, w, b, pn),
+                    (_, 2) => q8_tile::<1, 2>(out, xq, w, b, pn),
+                    _ => q8_tile::<1, 1>(out, xq, w, b, pn),
+                }
+            }
+        });
+    }
+
+    /// out[b + r, (pn + i) * 16 + l] for i < P, r < R, l < 16: per block, the int32 sums of
+    /// (w + 128)·x, less 128·Σx, times the weight scales and the row's activation scale.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn q8_tile<const P: usize, const R: usize>(out: *mut f32, xq: &QuantRows, w: &Matrix, b: usize, pn: usize) {
+        let Data::Q8 { q, scales } = &w.data else { unreachable!("q8 weights") };
+        let nbk = w.cols.div_ceil(Q8_BLOCK);
+        let kp = nbk * Q8_BLOCK;
+        let mut acc = [[_mm512_setzero_ps(); R]; P];
+        // SAFETY: panel pn + i holds kp columns of 16 lanes and nbk scales of 16 lanes; xq holds
+        // rows b..b+R of kp values and nbk scales and sums.
+        unsafe {
+            let (qp, sp) = (q.as_ptr().add(pn * kp * LANES), scales.as_ptr().add(pn * nbk * LANES));
+            let xp = xq.q.as_ptr().add(b * kp);
+            for blk in 0..nbk {
+                let mut isum = [[_mm512_setzero_si512(); R]; P];
+                for j in (blk * Q8_BLOCK..(blk + 1) * Q8_BLOCK).step_by(4) {
+                    let xs: [__m512i; R] =
+                        std::array::from_fn(|r| _mm512_set1_epi32((xp.add(r * kp + j) as *const i32).read_unaligned()));
+                    for i in 0..P {
+                        let wv = _mm512_loadu_si512(qp.add((i * kp + j) * LANES) as *const __m512i);
+                        for r in 0..R {
+                            isum[i][r] = _mm512_dpbusd_epi32(isum[i][r], wv, xs[r]);
+                        }
+                    }
+                }
+                for r in 0..R {
+                    let at = (b + r) * nbk + blk;
+                    let (dx, corr) = (_mm512_set1_ps(xq.scale[at]), _mm512_set1_epi32(128 * xq.sum[at]));
+                    for i in 0..P {
+                        let s = _mm512_mul_ps(_mm512_loadu_ps(sp.add((i * nbk + blk) * LANES)), dx);
+                        let v = _mm512_cvtepi32_ps(_mm512_sub_epi32(isum[i][r], corr));
+                        acc[i][r] = _mm512_fmadd_ps(v, s, acc[i][r]);
+                    }
+                }
+            }
+            store(out, &acc, w.rows, b, pn);
         }
     }
 }
@@ -469,7 +669,7 @@ mod tests {
     }
 
     #[test]
-    fn q8_kernel_equals_f32_on_dequantized_weights() {
+    fn q8_product_is_exact_on_dequantized_weights_and_activations() {
         let (nb, n, k) = (5, 33, 688);
         let (x, w) = (rand_vec(nb * k, 5), rand_vec(n * k, 6));
         let q = Matrix::new(&w, n, k, Quant::Q8);
@@ -477,12 +677,48 @@ mod tests {
         for (r, row) in deq.chunks_mut(k).enumerate() {
             q.row(r, row);
         }
-        let want = naive(&x, &deq, nb, n, k);
+        let mut xq = QuantRows::default();
+        xq.quantize(&x, nb, k);
+        let xdeq: Vec<f32> = (0..nb).flat_map(|b| xq.row(b, k)).collect();
+        let want = naive(&xdeq, &deq, nb, n, k);
         let mut got = vec![0.0; nb * n];
         matmul(&mut got, &x, &q, nb);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn q8_simd_and_portable_quantization_are_identical() {
+        // amax 127 makes the scale 1, so -2.5 is an exact tie (rounded to even)
+        let mut x: [f32; Q8_BLOCK] = std::array::from_fn(|i| i as f32 * 0.5 - 7.75);
+        x[3] = 127.0;
+        x[4] = -2.5;
+        for v in [x, std::array::from_fn(|i| rand_vec(Q8_BLOCK, 12)[i] * 3.0), [0.0; Q8_BLOCK]] {
+            let (mut a, mut b) = ([0i8; Q8_BLOCK], [0i8; Q8_BLOCK]);
+            assert_eq!(quantize_block(&v, &mut a), quantize_block_portable(&v, &mut b));
+            assert_eq!(a, b);
+        }
+        let mut q = [0i8; Q8_BLOCK];
+        assert_eq!(quantize_block(&x, &mut q), (1.0, q.iter().map(|&v| v as i32).sum()));
+        assert_eq!((q[3], q[4], q[0], q[1]), (127, -2, -8, -7));
+    }
+
+    #[test]
+    fn q8_simd_and_portable_products_are_bit_identical() {
+        let (nb, n, k) = (7, 70, 100);
+        let (x, w) = (rand_vec(nb * k, 10), rand_vec(n * k, 11));
+        let m = Matrix::new(&w, n, k, Quant::Q8);
+        let mut xq = QuantRows::default();
+        xq.quantize(&x, nb, k);
+        let (mut simd, mut portable) = (vec![0.0; nb * n], vec![0.0; nb * n]);
+        let panels = n.div_ceil(LANES);
+        // SAFETY: both outputs hold nb * n floats; this thread owns all panels.
+        unsafe {
+            q8_panels(OutPtr(simd.as_mut_ptr()), &xq, &m, nb, 0, panels);
+            q8_panels_portable(OutPtr(portable.as_mut_ptr()), &xq, &m, nb, 0, panels);
+        }
+        assert_eq!(simd, portable);
     }
 
     #[test]
