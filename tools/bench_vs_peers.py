@@ -149,12 +149,13 @@ def decode(a):
             res["llama_q8_b16"].append(llama_batched(os.path.join(b, "llama-batched-bench"), q8, 2, 16))
         med = {k: median(v) for k, v in res.items()}
         rows.append(dict(preset=preset, **med, runs=res))
-    print("| preset | b=1 f32 ours / llama.cpp | b=1 q8_0 ours / llama.cpp | 16 seqs f32 ours / llama.cpp | 16 seqs q8_0 ours / llama.cpp | ours 16 seqs / ours b=1 (f32) |")
+    print("| preset | b=1 f32 ours / llama.cpp | b=1 q8_0 ours / llama.cpp | 16 seqs f32 ours / llama.cpp | 16 seqs q8_0 ours / llama.cpp | ours 16 seqs / ours b=1 (f32 / q8_0) |")
     print("|---|---|---|---|---|---|")
     def pair(o, l):
         return f"{o:.0f} / {l:.0f} = **{o / l:.2f}×**" if o and l else "—"
     for r in rows:
-        own = f"{r['ours_b16'] / r['ours_f32']:.1f}×" if r["ours_b16"] and r["ours_f32"] else "—"
+        own = " / ".join(f"{r[b] / r[a]:.1f}×" if r[a] and r[b] else "—"
+                         for a, b in (("ours_f32", "ours_b16"), ("ours_q8", "ours_q8_b16")))
         print(f"| {r['preset']} | {pair(r['ours_f32'], r['llama_f32'])} | {pair(r['ours_q8'], r['llama_q8'])} | "
               f"{pair(r['ours_b16'], r['llama_f32_b16'])} | {pair(r['ours_q8_b16'], r['llama_q8_b16'])} | {own} |")
     print(json.dumps(rows))
