@@ -147,7 +147,7 @@ impl Matrix {
 /// and int8 values (`q`: [nb, kp], zero-padded), plus each block's sum of values, which removes
 /// the weights' +128 offset: Σ (w + 128)·x = Σ w·x + 128·Σ x.
 #[derive(Default)]
-pub struct QuantRows {
+struct QuantRows {
     q: Vec<i8>,
     scale: Vec<f32>,
     sum: Vec<i32>,
@@ -155,7 +155,7 @@ pub struct QuantRows {
 
 impl QuantRows {
     /// x: [nb, k]. Reuses its buffers: no allocation once they are large enough.
-    pub fn quantize(&mut self, x: &[f32], nb: usize, k: usize) {
+    fn quantize(&mut self, x: &[f32], nb: usize, k: usize) {
         let nbk = k.div_ceil(Q8_BLOCK);
         let kp = nbk * Q8_BLOCK;
         self.q.clear();
@@ -172,7 +172,8 @@ impl QuantRows {
     }
 
     /// Row `b` dequantized: [k].
-    pub fn row(&self, b: usize, k: usize) -> Vec<f32> {
+    #[cfg(test)]
+    fn row(&self, b: usize, k: usize) -> Vec<f32> {
         let nbk = k.div_ceil(Q8_BLOCK);
         (0..k).map(|j| self.q[b * nbk * Q8_BLOCK + j] as f32 * self.scale[b * nbk + j / Q8_BLOCK]).collect()
     }
@@ -195,7 +196,7 @@ impl OutPtr {
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
-/// Below this many multiply–adds a product runs on the calling thread (a rayon round trip costs more).
+/// Below this many multiply–adds a product runs on the calling thread (a pool round trip costs more).
 const PAR_MIN_MACS: usize = 1 << 16;
 
 thread_local! {
