@@ -60,7 +60,7 @@ fn q8_index(n: usize, j: usize, kp: usize) -> usize {
     ((n / LANES) * kp + j / 4 * 4) * LANES + (n % LANES) * 4 + j % 4
 }
 
-/// A block's q8_0 scale (amax / 127) and int8 values v / scale rounded to nearest (ties to even)
+/// A block's q8_0 scale d = amax / 127 and int8 values v · (1/d) rounded to nearest (ties to even)
 /// into `q`; returns the scale and the sum of the int8 values. `v`: at most one block, taken as
 /// zero-padded to a whole one.
 fn quantize_block(v: &[f32], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
@@ -74,12 +74,21 @@ fn quantize_block(v: &[f32], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
     quantize_block_portable(&x, q)
 }
 
+/// 1/d, or 0 for a zero scale or one so small (amax below ~1e-36) that 1/d overflows: such a
+/// block quantizes to zeros.
+fn inverse_scale(d: f32) -> f32 {
+    let inv = 1.0 / d;
+    if d > 0.0 && inv.is_finite() { inv } else { 0.0 }
+}
+
+#[allow(clippy::manual_clamp)] // clamp keeps NaN; max/min match the vector path
 fn quantize_block_portable(x: &[f32; Q8_BLOCK], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
     let d = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    let inv = inverse_scale(d);
     for (q, v) in q.iter_mut().zip(x.iter()) {
-        // v + 1.5·2^23 rounds v to an integer in the low bits: its low byte is v as an i8.
-        *q = ((v * inv).clamp(-127.0, 127.0) + 12_582_912.0).to_bits() as u8 as i8;
+        // max/min (not clamp) send NaN to -127 as the vector instructions do; then v + 1.5·2^23
+        // rounds v to an integer in the low bits: its low byte is v as an i8.
+        *q = ((v * inv).max(-127.0).min(127.0) + 12_582_912.0).to_bits() as u8 as i8;
     }
     (d, q.iter().map(|&v| v as i32).sum())
 }
@@ -128,7 +137,8 @@ impl Matrix {
     }
 
     /// Row `r` as f32 (dequantized for q8).
-    pub fn row(&self, r: usize, out: &mut [f32]) {
+    #[cfg(test)]
+    fn row(&self, r: usize, out: &mut [f32]) {
         let (pn, lane, k) = (r / LANES, r % LANES, self.cols);
         match &self.data {
             Data::F32(w) => out.iter_mut().enumerate().for_each(|(j, o)| *o = w[(pn * k + j) * LANES + lane]),
@@ -154,11 +164,11 @@ struct QuantRows {
 }
 
 impl QuantRows {
-    /// x: [nb, k]. Reuses its buffers: no allocation once they are large enough.
+    /// x: [nb, k]. Reuses its buffers: no allocation once they are large enough (every block,
+    /// padding included, is rewritten).
     fn quantize(&mut self, x: &[f32], nb: usize, k: usize) {
         let nbk = k.div_ceil(Q8_BLOCK);
         let kp = nbk * Q8_BLOCK;
-        self.q.clear();
         self.q.resize(nb * kp, 0);
         self.scale.resize(nb * nbk, 0.0);
         self.sum.resize(nb * nbk, 0);
@@ -247,7 +257,8 @@ fn for_panels(out: &mut [f32], w: &Matrix, nb: usize, f: impl Fn(OutPtr, usize, 
 }
 
 /// f32 product for the rows n of panels p0..p1, all b < nb.
-/// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes these columns.
+/// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes these columns;
+/// x holds at least nb * w.cols values.
 unsafe fn f32_panels(out: OutPtr, x: &[f32], w: &Matrix, nb: usize, p0: usize, p1: usize) {
     let Data::F32(wf) = &w.data else { unreachable!("f32 weights") };
     #[cfg(target_arch = "x86_64")]
@@ -273,10 +284,11 @@ unsafe fn f32_panels(out: OutPtr, x: &[f32], w: &Matrix, nb: usize, p0: usize, p
 
 /// q8 product for the rows n of panels p0..p1, all b < nb (the AVX512-VNNI kernel where the CPU
 /// has it; the portable loop below computes bit-identical results).
-/// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes these columns.
+/// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes these columns;
+/// `xq` holds nb rows quantized for w.cols columns.
 unsafe fn q8_panels(out: OutPtr, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512vnni") {
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni") {
         // SAFETY: the CPU has AVX-512F and VNNI; bounds as documented on the caller.
         unsafe { avx512::q8_panels(out.0, xq, w, nb, p0, p1) };
         return;
@@ -347,8 +359,12 @@ mod avx512 {
             return tiles::<2, 8>(p0, p1, nb, |p, r, pn, b| unsafe {
                 match (p, r) {
                     (2, 8) => f32_tile::<2, 8>(out, x, wf, rows, k, b, pn),
+                    (2, 4) => f32_tile::<2, 4>(out, x, wf, rows, k, b, pn),
+                    (2, 2) => f32_tile::<2, 2>(out, x, wf, rows, k, b, pn),
                     (2, _) => f32_tile::<2, 1>(out, x, wf, rows, k, b, pn),
                     (_, 8) => f32_tile::<1, 8>(out, x, wf, rows, k, b, pn),
+                    (_, 4) => f32_tile::<1, 4>(out, x, wf, rows, k, b, pn),
+                    (_, 2) => f32_tile::<1, 2>(out, x, wf, rows, k, b, pn),
                     _ => f32_tile::<1, 1>(out, x, wf, rows, k, b, pn),
                 }
             });
@@ -358,16 +374,18 @@ mod avx512 {
             unsafe {
                 match (p, r) {
                     (4, 4) => f32_tile::<4, 4>(out, x, wf, rows, k, b, pn),
+                    (4, 2) => f32_tile::<4, 2>(out, x, wf, rows, k, b, pn),
                     (4, _) => f32_tile::<4, 1>(out, x, wf, rows, k, b, pn),
                     (_, 4) => f32_tile::<1, 4>(out, x, wf, rows, k, b, pn),
+                    (_, 2) => f32_tile::<1, 2>(out, x, wf, rows, k, b, pn),
                     _ => f32_tile::<1, 1>(out, x, wf, rows, k, b, pn),
                 }
             }
         });
     }
 
-    /// Covers panels p0..p1 × rows 0..nb with tiles of 4 (or 1) panels × R (or 1) rows:
-    /// `f(panels, rows, first panel, first row)`.
+    /// Covers panels p0..p1 × rows 0..nb with tiles of P (or 1) panels × R rows (fewer at the
+    /// end: the largest of R/2, R/4, …, 1 that fits): `f(panels, rows, first panel, first row)`.
     #[inline(always)]
     fn tiles<const P: usize, const R: usize>(
         p0: usize,
@@ -380,7 +398,10 @@ mod avx512 {
             let p = if pn + P <= p1 { P } else { 1 };
             let mut b = 0;
             while b < nb {
-                let r = if b + R <= nb { R } else { 1 };
+                let mut r = R;
+                while b + r > nb {
+                    r /= 2;
+                }
                 f(p, r, pn, b);
                 b += r;
             }
@@ -448,9 +469,10 @@ mod avx512 {
         unsafe {
             let (a, b) = (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16)));
             let d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0;
-            let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let inv = _mm512_set1_ps(super::inverse_scale(d));
             let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
-            // Converted with the default rounding: to nearest, ties to even.
+            // max returns its second operand for NaN (-127, as the portable path); converted with
+            // the default rounding: to nearest, ties to even.
             let qa = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(a, inv), lo), hi));
             let qb = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(b, inv), lo), hi));
             _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(qa));
@@ -565,7 +587,7 @@ pub fn rope(x: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
 pub const KEY_BLOCK: usize = 32;
 
 /// The `g` query heads that share one KV head (grouped-query attention) attend over its first
-/// `n` positions; each key is loaded once for all of them.
+/// `n` positions; each key is loaded once for up to 4 of them.
 /// q: [g, hd]; kb: the head's keys in blocks, [blocks, hd, KEY_BLOCK] (key t, dim d at
 /// `((t / KEY_BLOCK) * hd + d) * KEY_BLOCK + t % KEY_BLOCK`), at least n keys; v: its values,
 /// [>= n, hd]; scores: [g, ss] scratch (ss >= n rounded up to KEY_BLOCK); out: [g, hd].
@@ -727,7 +749,12 @@ mod tests {
         let mut x: [f32; Q8_BLOCK] = std::array::from_fn(|i| i as f32 * 0.5 - 7.75);
         x[3] = 127.0;
         x[4] = -2.5;
-        for v in [x, std::array::from_fn(|i| rand_vec(Q8_BLOCK, 12)[i] * 3.0), [0.0; Q8_BLOCK]] {
+        // also: a block so small that 1/scale overflows, and NaN / infinite values
+        let mut tiny = [0.0; Q8_BLOCK];
+        tiny[5] = 1e-38;
+        let mut bad = x;
+        (bad[1], bad[2]) = (f32::NAN, f32::INFINITY);
+        for v in [x, std::array::from_fn(|i| rand_vec(Q8_BLOCK, 12)[i] * 3.0), [0.0; Q8_BLOCK], tiny, bad] {
             let (mut a, mut b) = ([0i8; Q8_BLOCK], [0i8; Q8_BLOCK]);
             assert_eq!(quantize_block(&v, &mut a), quantize_block_portable(&v, &mut b));
             assert_eq!(a, b);
@@ -757,7 +784,9 @@ mod tests {
     #[test]
     fn attend_matches_naive_softmax_attention() {
         // (head_dim, query heads sharing the KV head, positions)
-        for (hd, g, n) in [(32usize, 4usize, 150usize), (64, 2, 70), (48, 1, 129), (10, 5, 5), (64, 8, 33)] {
+        for (hd, g, n) in
+            [(32usize, 4usize, 150usize), (64, 2, 70), (48, 1, 129), (10, 5, 5), (64, 8, 33), (128, 3, 45)]
+        {
             let cap = (n + 3).next_multiple_of(KEY_BLOCK);
             let ss = cap + KEY_BLOCK;
             // 4x larger q makes the softmax peaky
@@ -786,7 +815,8 @@ mod tests {
 
     #[test]
     fn batched_rows_are_bit_identical_to_single_rows() {
-        let (nb, n, k) = (7, 70, 100);
+        // 15 rows: 2×8 f32 tiles with 4-, 2- and 1-row leftovers
+        let (nb, n, k) = (15, 70, 100);
         let (x, w) = (rand_vec(nb * k, 3), rand_vec(n * k, 4));
         for q in [Quant::F32, Quant::Q8] {
             let m = Matrix::new(&w, n, k, q);

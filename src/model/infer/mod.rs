@@ -249,6 +249,9 @@ impl InferModel {
     ) -> Result<&'s [f32], InferError> {
         let c = &self.cfg;
         let nr = rows.len();
+        if nr == 0 {
+            return Ok(&s.logits[..0]);
+        }
         if nr > s.max_rows {
             return Err(InferError::TooManyRows { rows: nr, max: s.max_rows });
         }
