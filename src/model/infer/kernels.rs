@@ -6,6 +6,7 @@
 //! whatever the number of rows in the batch, so a sequence decoded alone or inside a batch gets
 //! bit-identical logits.
 
+use crate::model::kernels::rmsnorm::{row_rstd, scale_row};
 use crate::model::kernels::{exp, lanes16};
 use std::cell::RefCell;
 
@@ -64,14 +65,20 @@ fn q8_index(n: usize, j: usize, kp: usize) -> usize {
 /// into `q`; returns the scale and the sum of the int8 values. `v`: at most one block, taken as
 /// zero-padded to a whole one.
 fn quantize_block(v: &[f32], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
-    let mut x = [0f32; Q8_BLOCK];
-    x[..v.len()].copy_from_slice(v);
+    let mut pad = [0f32; Q8_BLOCK];
+    let x: &[f32; Q8_BLOCK] = match v.try_into() {
+        Ok(whole) => whole,
+        Err(_) => {
+            pad[..v.len()].copy_from_slice(v);
+            &pad
+        }
+    };
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F.
-        return unsafe { avx512::quantize_block(&x, q) };
+        return unsafe { avx512::quantize_block(x, q) };
     }
-    quantize_block_portable(&x, q)
+    quantize_block_portable(x, q)
 }
 
 /// 1/d, or 0 for a zero scale or one so small (amax below ~1e-36) that 1/d overflows: such a
@@ -354,51 +361,55 @@ mod avx512 {
         p0: usize,
         p1: usize,
     ) {
-        if nb >= 8 {
-            // SAFETY: as below.
-            return tiles::<2, 8>(p0, p1, nb, |p, r, pn, b| unsafe {
-                match (p, r) {
-                    (2, 8) => f32_tile::<2, 8>(out, x, wf, rows, k, b, pn),
-                    (2, 4) => f32_tile::<2, 4>(out, x, wf, rows, k, b, pn),
-                    (2, 2) => f32_tile::<2, 2>(out, x, wf, rows, k, b, pn),
-                    (2, _) => f32_tile::<2, 1>(out, x, wf, rows, k, b, pn),
-                    (_, 8) => f32_tile::<1, 8>(out, x, wf, rows, k, b, pn),
-                    (_, 4) => f32_tile::<1, 4>(out, x, wf, rows, k, b, pn),
-                    (_, 2) => f32_tile::<1, 2>(out, x, wf, rows, k, b, pn),
-                    _ => f32_tile::<1, 1>(out, x, wf, rows, k, b, pn),
-                }
-            });
-        }
-        tiles::<4, 4>(p0, p1, nb, |p, r, pn, b| {
+        let (pw, rw) = if nb >= 8 { (2, 8) } else { (4, 4) };
+        tiles(pw, rw, p0, p1, nb, |p, r, pn, b| {
             // SAFETY: panels pn..pn+p < p1, rows b..b+r < nb; the caller guarantees the buffers.
             unsafe {
-                match (p, r) {
-                    (4, 4) => f32_tile::<4, 4>(out, x, wf, rows, k, b, pn),
-                    (4, 2) => f32_tile::<4, 2>(out, x, wf, rows, k, b, pn),
-                    (4, _) => f32_tile::<4, 1>(out, x, wf, rows, k, b, pn),
-                    (_, 4) => f32_tile::<1, 4>(out, x, wf, rows, k, b, pn),
-                    (_, 2) => f32_tile::<1, 2>(out, x, wf, rows, k, b, pn),
-                    _ => f32_tile::<1, 1>(out, x, wf, rows, k, b, pn),
+                match p {
+                    4 => f32_rows::<4>(r, out, x, wf, rows, k, b, pn),
+                    2 => f32_rows::<2>(r, out, x, wf, rows, k, b, pn),
+                    _ => f32_rows::<1>(r, out, x, wf, rows, k, b, pn),
                 }
             }
         });
     }
 
-    /// Covers panels p0..p1 × rows 0..nb with tiles of P (or 1) panels × R rows (fewer at the
-    /// end: the largest of R/2, R/4, …, 1 that fits): `f(panels, rows, first panel, first row)`.
-    #[inline(always)]
-    fn tiles<const P: usize, const R: usize>(
-        p0: usize,
-        p1: usize,
-        nb: usize,
-        mut f: impl FnMut(usize, usize, usize, usize),
+    /// [`f32_tile`] for P panels × r rows, r one of 8 (P < 4 only: 4 × 8 would not fit in
+    /// registers), 4, 2, 1.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn f32_rows<const P: usize>(
+        r: usize,
+        out: *mut f32,
+        x: &[f32],
+        wf: &[f32],
+        rows: usize,
+        k: usize,
+        b: usize,
+        pn: usize,
     ) {
+        debug_assert!(r != 8 || P < 4, "no 4 × 8 tile");
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match r {
+                8 if P < 4 => f32_tile::<P, 8>(out, x, wf, rows, k, b, pn),
+                4 => f32_tile::<P, 4>(out, x, wf, rows, k, b, pn),
+                2 => f32_tile::<P, 2>(out, x, wf, rows, k, b, pn),
+                _ => f32_tile::<P, 1>(out, x, wf, rows, k, b, pn),
+            }
+        }
+    }
+
+    /// Covers panels p0..p1 × rows 0..nb with tiles of pw (or 1) panels × rw rows (fewer at the
+    /// end: the largest of rw/2, rw/4, …, 1 that fits): `f(panels, rows, first panel, first row)`.
+    #[inline(always)]
+    fn tiles(pw: usize, rw: usize, p0: usize, p1: usize, nb: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
         let mut pn = p0;
         while pn < p1 {
-            let p = if pn + P <= p1 { P } else { 1 };
+            let p = if pn + pw <= p1 { pw } else { 1 };
             let mut b = 0;
             while b < nb {
-                let mut r = R;
+                let mut r = rw;
                 while b + r > nb {
                     r /= 2;
                 }
@@ -486,7 +497,7 @@ mod avx512 {
     /// of 4 panels × 2 rows hold 8 int32 block sums and 8 f32 accumulators in registers.
     #[target_feature(enable = "avx512f,avx512vnni")]
     pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
-        tiles::<4, 2>(p0, p1, nb, |p, r, pn, b| {
+        tiles(4, 2, p0, p1, nb, |p, r, pn, b| {
             // SAFETY: panels pn..pn+p < p1, rows b..b+r < nb; the caller guarantees the buffers.
             unsafe {
                 match (p, r) {
@@ -525,7 +536,6 @@ mod avx512 {
                                 qp.wrapping_add((i * kp + j + 4 * PREFETCH) * LANES) as *const i8
                             );
                         }
-
                         for r in 0..R {
                             isum[i][r] = _mm512_dpbusd_epi32(isum[i][r], wv, xs[r]);
                         }
@@ -549,23 +559,8 @@ mod avx512 {
 /// RMSNorm of each row. x: [N, C], w: [C] -> out: [N, C].
 pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
     for (o, xr) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-        let ms = sum_of_squares(xr) / c as f32;
-        let rstd = 1.0 / (ms + eps).sqrt();
-        for ((o, v), g) in o.iter_mut().zip(xr).zip(w) {
-            *o = v * rstd * g;
-        }
+        scale_row(o, xr, w, row_rstd(xr, eps));
     }
-}
-
-/// Σ x², in 16 independent lanes so that it vectorises.
-fn sum_of_squares(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-    for c in chunks {
-        acc.iter_mut().zip(c).for_each(|(a, v)| *a = v.mul_add(*v, *a));
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 /// Rotate-half RoPE (HF convention) of every head in `x`: [n_heads * hd], pairs (i, i + hd/2).

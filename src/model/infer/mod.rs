@@ -66,7 +66,6 @@ pub struct KvCache {
     k: Vec<f32>,
     v: Vec<f32>,
     cap: usize,
-    stride: usize,
     len: usize,
 }
 
@@ -74,9 +73,12 @@ impl KvCache {
     /// A cache for `cap` positions (at most the model's `max_seq_len`).
     pub fn new(cfg: &ModelConfig, cap: usize) -> Self {
         let cap = cap.min(cfg.max_seq_len);
-        let stride = cap.next_multiple_of(KEY_BLOCK);
-        let n = cfg.n_layers * stride * cfg.kv_dim();
-        KvCache { k: vec![0.0; n], v: vec![0.0; n], cap, stride, len: 0 }
+        let n = cfg.n_layers * cap.next_multiple_of(KEY_BLOCK) * cfg.kv_dim();
+        KvCache { k: vec![0.0; n], v: vec![0.0; n], cap, len: 0 }
+    }
+    /// Positions per head in `k` and `v`: the capacity rounded up to whole key blocks.
+    fn stride(&self) -> usize {
+        self.cap.next_multiple_of(KEY_BLOCK)
     }
     /// Positions filled so far (the position of the next token).
     pub fn len(&self) -> usize {
@@ -291,7 +293,7 @@ impl InferModel {
                 rope(q, hd, cs, sn);
                 rope(&mut kv[..kvd], hd, cs, sn);
                 let cache = &mut caches[ci];
-                let stride = cache.stride;
+                let stride = cache.stride();
                 for (h, (k, v)) in kv[..kvd].chunks_exact(hd).zip(kv[kvd..].chunks_exact(hd)).enumerate() {
                     let head = (l * c.n_kv_heads + h) * hd * stride;
                     let block = head + (p / KEY_BLOCK) * hd * KEY_BLOCK + p % KEY_BLOCK;
@@ -355,8 +357,8 @@ impl InferModel {
             for j in task * per..((task + 1) * per).min(pairs) {
                 let (i, h) = (j / nkv, j % nkv);
                 let cache = &caches[rows[i].0];
-                let lo = (l * nkv + h) * hd * cache.stride;
-                let hi = lo + hd * cache.stride;
+                let lo = (l * nkv + h) * hd * cache.stride();
+                let hi = lo + hd * cache.stride();
                 let q = &qkv[i * qkvd + h * group * hd..][..group * hd];
                 // SAFETY: pair j alone uses att[j*group*hd..][..group*hd] and
                 // scores[j*group*ss..][..group*ss] (att holds nr*nh*hd, scores max_rows*nh*ss floats).

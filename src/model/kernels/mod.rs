@@ -57,12 +57,17 @@ pub fn exp(x: f32) -> f32 {
     e * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
-/// x · sigmoid(x), through [`exp`] of -|x| so that loops over it vectorise.
+/// 1 / (1 + e^-x), through [`exp`] of -|x| so that loops over it vectorise.
+#[inline(always)]
+pub fn sigmoid(x: f32) -> f32 {
+    let e = exp(-x.abs());
+    if x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) }
+}
+
+/// x · sigmoid(x).
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
-    let e = exp(-x.abs());
-    let sig = if x >= 0.0 { 1.0 / (1.0 + e) } else { e / (1.0 + e) };
-    x * sig
+    x * sigmoid(x)
 }
 
 #[cfg(test)]

@@ -6,8 +6,7 @@ use rayon::prelude::*;
 /// x: [N, C], w: [C] -> out: [N, C]; saves rstd: [N] for the backward pass.
 pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
     out.par_chunks_mut(c).zip(rstd.par_iter_mut()).zip(x.par_chunks(c)).for_each(|((o, r), xr)| {
-        let ms = xr.iter().map(|v| v * v).sum::<f32>() / c as f32;
-        *r = 1.0 / (ms + eps).sqrt();
+        *r = row_rstd(xr, eps);
         scale_row(o, xr, w, *r);
     });
 }
@@ -18,7 +17,20 @@ pub fn rmsnorm_apply(out: &mut [f32], x: &[f32], w: &[f32], rstd: &[f32], c: usi
     out.par_chunks_mut(c).zip(rstd.par_iter()).zip(x.par_chunks(c)).for_each(|((o, &r), xr)| scale_row(o, xr, w, r));
 }
 
-fn scale_row(out: &mut [f32], x: &[f32], w: &[f32], rstd: f32) {
+/// 1 / sqrt(mean(x²) + eps) of one row, the squares summed in 16 lanes so that it vectorises.
+pub fn row_rstd(x: &[f32], eps: f32) -> f32 {
+    let mut acc = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for c in chunks {
+        acc.iter_mut().zip(c).for_each(|(a, v)| *a = v.mul_add(*v, *a));
+    }
+    let ms = (acc.iter().sum::<f32>() + tail) / x.len() as f32;
+    1.0 / (ms + eps).sqrt()
+}
+
+/// out = x * rstd * w for one row.
+pub fn scale_row(out: &mut [f32], x: &[f32], w: &[f32], rstd: f32) {
     out.iter_mut().zip(x).zip(w).for_each(|((o, xv), wv)| *o = xv * rstd * wv);
 }
 

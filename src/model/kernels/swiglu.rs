@@ -1,5 +1,6 @@
 //! SwiGLU gate: out = silu(gate) * up, silu(g) = g * sigmoid(g).
 
+use super::{sigmoid, silu};
 use rayon::prelude::*;
 
 const CHUNK: usize = 4096;
@@ -8,7 +9,7 @@ const CHUNK: usize = 4096;
 pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
     out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK)).zip(up.par_chunks(CHUNK)).for_each(|((o, g), u)| {
         for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-            *o = g / (1.0 + (-g).exp()) * u;
+            *o = silu(g) * u;
         }
     });
 }
@@ -20,7 +21,7 @@ pub fn swiglu_backward(dgate: &mut [f32], dout_dup: &mut [f32], gate: &[f32], up
         let s = i * CHUNK;
         for j in 0..dg.len() {
             let (g, u, d) = (gate[s + j], up[s + j], dd[j]);
-            let sig = 1.0 / (1.0 + (-g).exp());
+            let sig = sigmoid(g);
             dg[j] = d * u * sig * (1.0 + g * (1.0 - sig));
             dd[j] = d * g * sig;
         }
