@@ -261,8 +261,46 @@ fn gguf_q8_0_and_f16_dequantise_within_tolerance_and_tied_has_no_output() {
             let amax = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
             let tol = if ty == GgmlType::Q8_0 { amax / 127.0 } else { amax / 1000.0 };
             assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() <= tol), "{name} off by more than {tol}");
+            if ty == GgmlType::Q8_0 {
+                // rounded (not truncated) per block: within half a step of the block's own scale,
+                // plus the f16 rounding of that scale (127 · 2^-11 of a step)
+                for (g, w) in got.chunks(32).zip(want.chunks(32)) {
+                    let step = w.iter().fold(0.0f32, |m, v| m.max(v.abs())) / 127.0;
+                    assert!(g.iter().zip(w).all(|(a, b)| (a - b).abs() <= step * 0.57), "{name}: not rounded");
+                }
+            }
         }
     }
+}
+
+#[test]
+fn gguf_and_hf_export_carry_free_head_dim_special_ids_and_f32_fallback_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = free_head_dim();
+    let src = tmp.path().join("m");
+    let p = init_params(&c, &ParamLayout::new(&c), 6);
+    save_model_dir(&src, &c, &p, Some(1), Some(2)).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(Path::new(TOK).join(f), src.join(f)).unwrap();
+    }
+    let out = tmp.path().join("m.gguf");
+    export_gguf(&src, &out, Dtype::Q8_0, "qwen2").unwrap();
+    let g = Gguf::read(&out).unwrap();
+    let u = |k: &str| match g.get(k) {
+        Some(Value::U32(v)) => *v as usize,
+        v => panic!("{k}: {v:?}"),
+    };
+    let keys = ["llama.attention.key_length", "llama.attention.value_length", "llama.rope.dimension_count"];
+    assert_eq!(keys.map(u), [12, 12, 12]);
+    assert_eq!([u("tokenizer.ggml.bos_token_id"), u("tokenizer.ggml.eos_token_id")], [1, 2]);
+    // o_proj rows hold n_heads · head_dim = 48 values: q8_0 needs whole blocks of 32, so f32
+    assert_eq!(g.tensor("blk.0.attn_output.weight").unwrap().ty, GgmlType::F32);
+    assert_eq!(g.tensor("blk.0.ffn_down.weight").unwrap().ty, GgmlType::Q8_0);
+    let hf = tmp.path().join("hf");
+    export_hf(&src, &hf, false).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hf.join("config.json")).unwrap()).unwrap();
+    assert_eq!((&cfg["bos_token_id"], &cfg["eos_token_id"], &cfg["head_dim"]), (&1.into(), &2.into(), &12.into()));
 }
 
 /// Writes `p` (our layout, HF rotate-half q/k) as a llama2.c model.bin.

@@ -8,11 +8,11 @@
 //! while HF checkpoints rotate halves (i, i + head_dim/2). The q and k rows are therefore
 //! permuted on export: within each head, row `j*half + i` moves to `2i + j` (see [`interleave_rows`]).
 
-use crate::export::hf::{ExportError, io_err, special_ids, tmp_path};
+use crate::export::hf::{ExportError, io_err, special_ids};
 use crate::model::weights::load_model_dir;
 use crate::model::{ModelConfig, ParamLayout};
+use crate::train::checkpoint::write_atomic;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 const ALIGN: usize = 32;
@@ -69,34 +69,22 @@ impl Dtype {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     U32(u32),
-    I32(i32),
     F32(f32),
     Bool(bool),
     Str(String),
-    U64(u64),
-    /// Arrays of one element type (the ones we write; others are read as raw values).
+    /// Arrays of one element type.
     ArrStr(Vec<String>),
     ArrI32(Vec<i32>),
-    ArrF32(Vec<f32>),
-    /// A value of a type we do not interpret (type id kept).
-    Other(u32),
 }
 
-/// GGUF value type ids.
+/// GGUF value type ids (the ones we write).
 mod vt {
-    pub const U8: u32 = 0;
-    pub const I8: u32 = 1;
-    pub const U16: u32 = 2;
-    pub const I16: u32 = 3;
     pub const U32: u32 = 4;
     pub const I32: u32 = 5;
     pub const F32: u32 = 6;
     pub const BOOL: u32 = 7;
     pub const STR: u32 = 8;
     pub const ARR: u32 = 9;
-    pub const U64: u32 = 10;
-    pub const I64: u32 = 11;
-    pub const F64: u32 = 12;
 }
 
 /// One tensor to write: dims innermost first (GGML order), values row-major.
@@ -121,10 +109,6 @@ fn put_value(b: &mut Vec<u8>, v: &Value) {
             ty(b, vt::U32);
             b.extend(x.to_le_bytes())
         }
-        Value::I32(x) => {
-            ty(b, vt::I32);
-            b.extend(x.to_le_bytes())
-        }
         Value::F32(x) => {
             ty(b, vt::F32);
             b.extend(x.to_le_bytes())
@@ -136,10 +120,6 @@ fn put_value(b: &mut Vec<u8>, v: &Value) {
         Value::Str(s) => {
             ty(b, vt::STR);
             put_str(b, s)
-        }
-        Value::U64(x) => {
-            ty(b, vt::U64);
-            b.extend(x.to_le_bytes())
         }
         Value::ArrStr(a) => {
             ty(b, vt::ARR);
@@ -153,13 +133,6 @@ fn put_value(b: &mut Vec<u8>, v: &Value) {
             b.extend((a.len() as u64).to_le_bytes());
             a.iter().for_each(|x| b.extend(x.to_le_bytes()));
         }
-        Value::ArrF32(a) => {
-            ty(b, vt::ARR);
-            ty(b, vt::F32);
-            b.extend((a.len() as u64).to_le_bytes());
-            a.iter().for_each(|x| b.extend(x.to_le_bytes()));
-        }
-        Value::Other(_) => unreachable!("Other is only produced by the reader"),
     }
 }
 
@@ -411,10 +384,7 @@ pub fn export_gguf(src: &Path, out: &Path, dtype: Dtype, pre: &str) -> Result<()
         tok.chat_template(),
     )?);
     let bytes = encode(&meta, &model_tensors(&model.cfg, &model.params, dtype));
-    let tmp = tmp_path(out);
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, out).map_err(io_err(out))
+    Ok(write_atomic(out, &bytes)?)
 }
 
 // ---------------------------------------------------------------- reading
@@ -472,23 +442,12 @@ impl<'a> Cursor<'a> {
         String::from_utf8(self.take(n)?.to_vec())
             .map_err(|_| GgufError(format!("invalid UTF-8 before byte {}", self.pos)))
     }
-    fn scalar_size(ty: u32) -> Option<usize> {
-        match ty {
-            vt::U8 | vt::I8 | vt::BOOL => Some(1),
-            vt::U16 | vt::I16 => Some(2),
-            vt::U32 | vt::I32 | vt::F32 => Some(4),
-            vt::U64 | vt::I64 | vt::F64 => Some(8),
-            _ => None,
-        }
-    }
     fn value(&mut self, ty: u32) -> Result<Value, GgufError> {
         Ok(match ty {
             vt::U32 => Value::U32(self.u32()?),
-            vt::I32 => Value::I32(i32::from_le_bytes(self.arr()?)),
             vt::F32 => Value::F32(f32::from_le_bytes(self.arr()?)),
             vt::BOOL => Value::Bool(self.take(1)?[0] != 0),
             vt::STR => Value::Str(self.str()?),
-            vt::U64 => Value::U64(self.u64()?),
             vt::ARR => {
                 let et = self.u32()?;
                 let n = self.len()?;
@@ -499,24 +458,10 @@ impl<'a> Cursor<'a> {
                             (0..n).map(|_| Ok(i32::from_le_bytes(self.arr()?))).collect::<Result<_, GgufError>>()?,
                         )
                     }
-                    vt::F32 => {
-                        Value::ArrF32(
-                            (0..n).map(|_| Ok(f32::from_le_bytes(self.arr()?))).collect::<Result<_, GgufError>>()?,
-                        )
-                    }
-                    other => {
-                        let size = Self::scalar_size(other)
-                            .ok_or_else(|| GgufError(format!("unsupported array element type {other}")))?;
-                        self.take(size.saturating_mul(n))?;
-                        Value::Other(vt::ARR)
-                    }
+                    other => return Err(GgufError(format!("unsupported array element type {other}"))),
                 }
             }
-            other => {
-                let size = Self::scalar_size(other).ok_or_else(|| GgufError(format!("unknown value type {other}")))?;
-                self.take(size)?;
-                Value::Other(other)
-            }
+            other => return Err(GgufError(format!("unsupported value type {other}"))),
         })
     }
 }

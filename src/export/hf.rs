@@ -1,15 +1,16 @@
 //! A clean HF Llama directory (no optimizer or trainer state), written atomically.
 
 use crate::export::portability::{Target, portability};
-use crate::model::weights::{ModelDir, load_model_dir, save_model_dir};
-use crate::train::checkpoint::TOKENIZER_FILES;
-use std::fs::File;
+use crate::model::weights::{ModelDir, load_model_dir};
+use crate::train::checkpoint::{CheckpointError, commit_dir, stage_model_dir};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error(transparent)]
     ModelDir(#[from] crate::model::weights::ModelDirError),
+    #[error(transparent)]
+    Write(#[from] CheckpointError),
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
     #[error("{0} already exists; remove it or choose another --out")]
@@ -54,24 +55,8 @@ pub fn write_hf_dir(
         return Err(ExportError::Exists(out.display().to_string()));
     }
     let tmp = tmp_path(out);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    save_model_dir(&tmp, &model.cfg, &model.params, bos, eos)?;
-    let mut copied = Vec::new();
-    for f in TOKENIZER_FILES {
-        let src = tokenizer_dir.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, tmp.join(f)).map_err(io_err(&src))?;
-            copied.push(f);
-        }
-    }
-    for entry in std::fs::read_dir(&tmp).map_err(io_err(&tmp))? {
-        let path = entry.map_err(io_err(&tmp))?.path();
-        File::open(&path).and_then(|f| f.sync_all()).map_err(io_err(&path))?;
-    }
-    File::open(&tmp).and_then(|f| f.sync_all()).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, out).map_err(io_err(out))?;
+    let copied = stage_model_dir(&tmp, &model.cfg, &model.params, bos, eos, Some(tokenizer_dir))?;
+    commit_dir(&tmp, out)?;
     Ok(copied)
 }
 

@@ -79,32 +79,15 @@ pub fn save(run_dir: &Path, ck: &CheckpointData, keep_last: usize) -> Result<Pat
     let name = step_dir_name(ck.state.step);
     let tmp = run_dir.join(format!(".tmp-{name}"));
     let dst = run_dir.join(&name);
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    save_model_dir(&tmp, ck.cfg, ck.params, ck.bos, ck.eos)?;
-    if let Some(tok) = ck.tokenizer_dir {
-        for f in TOKENIZER_FILES {
-            let src = tok.join(f);
-            if src.is_file() {
-                std::fs::copy(&src, tmp.join(f)).map_err(io_err(&src))?;
-            }
-        }
-    }
+    stage_model_dir(&tmp, ck.cfg, ck.params, ck.bos, ck.eos, ck.tokenizer_dir)?;
     write_moments(&tmp.join("optimizer.safetensors"), ck.adam_m, ck.adam_v)?;
     let state = serde_json::to_string_pretty(ck.state).expect("trainer state serialises");
     std::fs::write(tmp.join("trainer_state.json"), state).map_err(io_err(&tmp))?;
     std::fs::write(tmp.join("recipe.toml"), ck.recipe_toml).map_err(io_err(&tmp))?;
-    for entry in std::fs::read_dir(&tmp).map_err(io_err(&tmp))? {
-        let path = entry.map_err(io_err(&tmp))?.path();
-        File::open(&path).and_then(|f| f.sync_all()).map_err(io_err(&path))?;
-    }
-    sync_dir(&tmp)?;
     if dst.exists() {
         std::fs::remove_dir_all(&dst).map_err(io_err(&dst))?;
     }
-    std::fs::rename(&tmp, &dst).map_err(io_err(&dst))?;
-    sync_dir(run_dir)?;
+    commit_dir(&tmp, &dst)?;
     write_atomic(&run_dir.join("latest"), name.as_bytes())?;
     prune(run_dir, keep_last, &name)?;
     Ok(dst)
@@ -167,13 +150,55 @@ fn prune(run_dir: &Path, keep_last: usize, keep: &str) -> Result<(), CheckpointE
     Ok(())
 }
 
+/// Starts a model directory at `tmp` (removing a stale one): config, weights and the tokenizer
+/// files found in `tokenizer_dir`. Returns the tokenizer files copied. Finish with [`commit_dir`].
+pub fn stage_model_dir(
+    tmp: &Path,
+    cfg: &ModelConfig,
+    params: &[f32],
+    bos: Option<u32>,
+    eos: Option<u32>,
+    tokenizer_dir: Option<&Path>,
+) -> Result<Vec<&'static str>, CheckpointError> {
+    if tmp.exists() {
+        std::fs::remove_dir_all(tmp).map_err(io_err(tmp))?;
+    }
+    save_model_dir(tmp, cfg, params, bos, eos)?;
+    let mut copied = Vec::new();
+    for (dir, f) in tokenizer_dir.iter().flat_map(|d| TOKENIZER_FILES.map(|f| (d, f))) {
+        let src = dir.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, tmp.join(f)).map_err(io_err(&src))?;
+            copied.push(f);
+        }
+    }
+    Ok(copied)
+}
+
+/// Fsyncs every file of the directory `tmp` and the directory, renames it to `dst` (which must not
+/// exist) and fsyncs the parent: `dst` appears whole or not at all.
+pub fn commit_dir(tmp: &Path, dst: &Path) -> Result<(), CheckpointError> {
+    for entry in std::fs::read_dir(tmp).map_err(io_err(tmp))? {
+        let path = entry.map_err(io_err(tmp))?.path();
+        File::open(&path).and_then(|f| f.sync_all()).map_err(io_err(&path))?;
+    }
+    sync_dir(tmp)?;
+    std::fs::rename(tmp, dst).map_err(io_err(dst))?;
+    sync_dir(parent(dst))
+}
+
 /// Writes `path` via a temporary file in the same directory, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     let tmp = path.with_extension("tmp");
     let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
     f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
+    sync_dir(parent(path))
+}
+
+/// The directory holding `path` (`.` for a bare file name, whose parent is the empty path).
+fn parent(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
