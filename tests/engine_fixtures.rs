@@ -85,8 +85,10 @@ fn check(name: &str) {
     }
     for tensor in &layout.tensors {
         let e = rel_err(&m.params[tensor.range()], &f32s(&st, &format!("step3.{}", tensor.name)), 1e-3);
-        // AdamW divides each update by the gradient's own scale, so last-ulp differences in small
-        // gradients (exp, summation order) reach the parameters at ~lr × 1e-4; a wrong update errs by ~lr.
+        // AdamW divides each update by the gradient's own scale, so last-ulp differences in near-zero
+        // gradients (here mlp.gate_proj of the tied GQA model, whose error after 3 steps was already
+        // 9.6e-5 with libm's exp) reach the parameters at ~lr × 1e-4; a wrong update errs by ~lr.
+        // Gradients themselves are checked at 1e-3 above.
         assert!(e < 5e-4, "{name}: {} after 3 AdamW steps differs from PyTorch by {e}", tensor.name);
     }
 }

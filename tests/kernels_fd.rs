@@ -38,7 +38,8 @@ fn check(name: &str, x: &[f32], grad: &[f32], loss: impl Fn(&[f32]) -> f64) {
 
 #[test]
 fn rmsnorm_backward_matches_finite_differences() {
-    let (n, c) = (5, 12);
+    // 70 rows: more than one chunk of ROWS_PER_TASK in the weight-gradient reduction
+    let (n, c) = (70, 12);
     let (x, w, g) = (random(n * c, 1), random(c, 2), random(n * c, 3));
     let forward = |x: &[f32], w: &[f32]| {
         let (mut out, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
@@ -83,7 +84,8 @@ fn swiglu_backward_matches_finite_differences() {
 
 #[test]
 fn crossentropy_backward_matches_finite_differences() {
-    let (n, v) = (4, 10);
+    // 40 classes: the 16-lane log-sum-exp loop and its tail
+    let (n, v) = (4, 40);
     let logits: Vec<f32> = random(n * v, 9).iter().map(|x| x * 3.0).collect();
     let targets = [3, IGNORE_INDEX, 0, 9];
     let loss = |logits: &[f32]| {

@@ -41,7 +41,8 @@ pub fn lanes16(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
 /// written without calls so that loops over it vectorise.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
-    let x = x.max(-87.0);
+    // not x.max(-87.0): that would turn NaN into -87, and a diverging loss must stay NaN
+    let x = if x < -87.0 { -87.0 } else { x };
     let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;
@@ -82,6 +83,7 @@ mod tests {
             assert!((a - b).abs() <= 2e-7 * b + 1e-38, "exp({x}): {a} vs {b}");
         }
         assert_eq!(exp(-200.0), exp(-87.0));
+        assert!(exp(f32::NAN).is_nan());
     }
 
     #[test]
