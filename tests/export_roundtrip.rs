@@ -5,7 +5,7 @@ use safetensors::{Dtype as StDtype, tensor::TensorView};
 use shoucuo::export::gguf::{Dtype, GgmlType, Gguf, Value, deinterleave_rows, export_gguf, interleave_rows};
 use shoucuo::export::hf::export_hf;
 use shoucuo::export::import::{import_hf, import_llama2c};
-use shoucuo::model::infer::{InferModel, KvCache, Logits, Quant, Scratch};
+use shoucuo::model::infer::{InferModel, KvCache, KvType, Logits, Quant, Scratch};
 use shoucuo::model::params::init_params;
 use shoucuo::model::weights::{load_model_dir, save_model_dir};
 use shoucuo::model::{ModelConfig, ParamLayout};
@@ -47,7 +47,7 @@ fn model_dir(dir: &Path, c: &ModelConfig, seed: u64) -> Vec<f32> {
 fn logits(c: &ModelConfig, p: &[f32], toks: &[u32]) -> Vec<f32> {
     let m = InferModel::new(c, p, Quant::F32).unwrap();
     let mut s = Scratch::new(&m, toks.len());
-    let mut cache = KvCache::new(c, c.max_seq_len);
+    let mut cache = KvCache::new(c, c.max_seq_len, KvType::F32);
     let rows: Vec<(usize, u32)> = toks.iter().map(|&t| (0, t)).collect();
     m.step(&mut s, std::slice::from_mut(&mut cache), &rows, Logits::All).unwrap().to_vec()
 }

@@ -1,7 +1,7 @@
 //! The KV-cache inference path reproduces, position by position, the logits of the training
 //! engine's forward pass (GQA, heads × head_dim ≠ dim, tied and untied heads).
 
-use shoucuo::model::infer::{InferModel, KvCache, Quant, Scratch};
+use shoucuo::model::infer::{InferModel, KvCache, KvType, Quant, Scratch};
 use shoucuo::model::params::init_params;
 use shoucuo::model::{ModelConfig, ParamLayout, TrainModel};
 
@@ -26,7 +26,7 @@ fn check(tie: bool) {
 
     let model = InferModel::new(&cfg, &params, Quant::F32).unwrap();
     let mut s = Scratch::new(&model, 1);
-    let mut cache = KvCache::new(&cfg, 16);
+    let mut cache = KvCache::new(&cfg, 16, KvType::F32);
     let v = cfg.vocab_size;
     for (pos, &t) in tokens.iter().enumerate() {
         let got = model.decode(&mut s, std::slice::from_mut(&mut cache), &[(0, t)]).unwrap();

@@ -1,8 +1,9 @@
 //! `shoucuo bench decode`: prefill and decode speed of the inference path on random weights of a
 //! preset's shape (no files needed).
 
+use crate::generate::sampling::argmax;
 use crate::model::config::ModelConfig;
-use crate::model::infer::{InferModel, KvCache, Quant, Scratch};
+use crate::model::infer::{InferModel, KvCache, KvType, Quant, Scratch};
 use crate::model::params::{ParamLayout, init_params};
 use anyhow::Context;
 use std::time::Instant;
@@ -24,6 +25,9 @@ pub struct Args {
     /// New tokens per sequence.
     #[arg(long = "gen", default_value_t = 256)]
     pub new_tokens: usize,
+    /// KV cache storage: f16 or f32.
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: KvType,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -42,13 +46,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     drop(params);
     let b = a.batch;
     let mut s = Scratch::new(&model, a.prompt.min(64).max(b));
-    let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(&cfg, a.prompt + a.new_tokens)).collect();
+    let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(&cfg, a.prompt + a.new_tokens, a.kv_cache)).collect();
     let prompt: Vec<u32> = (0..a.prompt).map(|i| (i * 7919 % cfg.vocab_size) as u32).collect();
     eprintln!(
-        "bench decode: preset {} ({} params), {:?}, batch {b}, prompt {}, gen {}, {} threads",
+        "bench decode: preset {} ({} params), {:?}, KV cache {:?}, batch {b}, prompt {}, gen {}, {} threads",
         a.preset,
         cfg.num_params(),
         a.quant,
+        a.kv_cache,
         a.prompt,
         a.new_tokens,
         rayon::current_num_threads()
@@ -82,6 +87,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "bench": "decode",
         "preset": a.preset,
         "quant": format!("{:?}", a.quant).to_lowercase(),
+        "kv_cache": format!("{:?}", a.kv_cache).to_lowercase(),
         "batch": b,
         "prompt": a.prompt,
         "gen": a.new_tokens,
@@ -95,8 +101,4 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     });
     println!("{json}");
     Ok(())
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
 }

@@ -1,7 +1,7 @@
 //! `shoucuo generate`: one prompt (optionally streamed), or a jsonl file of prompts decoded in batches.
 
 use crate::generate::{SamplingParams, TextStream, generate};
-use crate::model::infer::{InferModel, Quant};
+use crate::model::infer::{InferModel, KvType, Quant};
 use crate::tokenizer::Tok;
 use anyhow::{Context, bail};
 use std::io::Write;
@@ -40,6 +40,9 @@ pub struct RunArgs {
     /// Weight format: f32, or q8 (int8 with one scale per 32 weights; ~4x less memory traffic).
     #[arg(long, default_value = "f32")]
     pub quant: Quant,
+    /// KV cache storage: f16 (half the memory traffic of attention) or f32 (exact).
+    #[arg(long, default_value = "f16")]
+    pub kv_cache: KvType,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -102,8 +105,9 @@ impl RunArgs {
             rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("setting --threads")?;
         }
         let t0 = Instant::now();
-        let model =
+        let mut model =
             InferModel::from_dir(dir, self.quant).with_context(|| format!("loading model {}", dir.display()))?;
+        model.kv = self.kv_cache;
         let tok = Tok::load(dir)?;
         if tok.vocab_size() > model.cfg.vocab_size {
             bail!(

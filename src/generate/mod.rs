@@ -73,7 +73,7 @@ pub fn generate(
     }
     let b = batch_size.clamp(1, prompts.len().max(1));
     let mut scratch = Scratch::new(model, b.max(64));
-    let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(cfg, cap)).collect();
+    let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(cfg, cap, model.kv)).collect();
     let mut sampler = Sampler::new(cfg.vocab_size);
     let mut slots: Vec<Option<Live>> = (0..b).map(|_| None).collect();
     let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];

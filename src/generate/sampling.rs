@@ -170,8 +170,11 @@ impl Sampler {
     }
 }
 
+/// Index of the first largest value (NaN ignored; 0 if there is none): a vectorised maximum, then
+/// a search for it (a running index of the best so far is a serial chain through the vocabulary).
 pub fn argmax(v: &[f32]) -> u32 {
-    (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b }) as u32
+    let max = crate::model::kernels::lanes16(v, f32::NEG_INFINITY, f32::max);
+    v.iter().position(|&x| x == max).unwrap_or(0) as u32
 }
 
 #[cfg(test)]
@@ -182,6 +185,17 @@ mod tests {
         let mut s = Sampler::new(logits.len());
         let mut seq = SeqSampler::new(p, 0, logits.len(), &[]);
         (0..n).map(|_| s.sample(logits, p, &mut seq)).collect()
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_past_the_vector_lanes() {
+        let mut v: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        v[77] = 5.0;
+        v[90] = 5.0;
+        assert_eq!(argmax(&v), 77, "ties go to the first");
+        v[3] = f32::NAN;
+        assert_eq!(argmax(&v), 77, "NaN is ignored");
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
     }
 
     #[test]

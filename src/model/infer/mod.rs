@@ -14,7 +14,8 @@ use crate::model::kernels::silu;
 use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
 pub use kernels::Quant;
-use kernels::{KEY_BLOCK, Matrix, OutPtr, attend, matmul, rmsnorm, rope};
+use kernels::{KEY_BLOCK, KvElem, Matrix, OutPtr, attend, matmul, rmsnorm, rope};
+use std::cell::RefCell;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,10 +47,17 @@ struct Layer {
     w_down: Matrix,
 }
 
+thread_local! {
+    /// The calling thread's block of keys or values widened from f16.
+    static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
 /// A model ready for inference.
 pub struct InferModel {
     pub cfg: ModelConfig,
     pub quant: Quant,
+    /// How caches made by `generate` store keys and values (f16 unless set otherwise).
+    pub kv: KvType,
     embed: Vec<f32>,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
@@ -59,26 +67,77 @@ pub struct InferModel {
     sin: Vec<f32>,
 }
 
+/// How a KV cache stores keys and values: f32, or f16 (half the memory traffic of attention,
+/// which dominates a batched decode step at long contexts; llama.cpp's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvType {
+    F32,
+    F16,
+}
+
+impl std::str::FromStr for KvType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(KvType::F32),
+            "f16" => Ok(KvType::F16),
+            _ => Err(format!("unknown KV cache type `{s}`; use f16 or f32")),
+        }
+    }
+}
+
+/// Keys and values of a cache as stored (layout on [`KvCache`]).
+enum KvData {
+    F32 {
+        k: Vec<f32>,
+        v: Vec<f32>,
+    },
+    /// f16 bit patterns.
+    F16 {
+        k: Vec<u16>,
+        v: Vec<u16>,
+    },
+}
+
 /// Keys and values of one sequence: k: [n_layers, n_kv_heads, stride / KEY_BLOCK, head_dim,
 /// KEY_BLOCK] (blocks of keys transposed, so a query scores a block of positions in one vector
 /// loop), v: [n_layers, n_kv_heads, stride, head_dim]; `stride` is `cap` rounded up to whole blocks.
 pub struct KvCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    data: KvData,
     cap: usize,
     len: usize,
 }
 
 impl KvCache {
     /// A cache for `cap` positions (at most the model's `max_seq_len`).
-    pub fn new(cfg: &ModelConfig, cap: usize) -> Self {
+    pub fn new(cfg: &ModelConfig, cap: usize, kv: KvType) -> Self {
         let cap = cap.min(cfg.max_seq_len);
         let n = cfg.n_layers * cap.next_multiple_of(KEY_BLOCK) * cfg.kv_dim();
-        KvCache { k: vec![0.0; n], v: vec![0.0; n], cap, len: 0 }
+        let data = match kv {
+            KvType::F32 => KvData::F32 { k: vec![0.0; n], v: vec![0.0; n] },
+            KvType::F16 => KvData::F16 { k: vec![0; n], v: vec![0; n] },
+        };
+        KvCache { data, cap, len: 0 }
     }
     /// Positions per head in `k` and `v`: the capacity rounded up to whole key blocks.
     fn stride(&self) -> usize {
         self.cap.next_multiple_of(KEY_BLOCK)
+    }
+    /// Stores the key and value of KV head `h` of layer `l` at position `p`; k, v: [head_dim].
+    fn write(&mut self, cfg: &ModelConfig, l: usize, h: usize, p: usize, k: &[f32], v: &[f32]) {
+        let hd = cfg.head_dim;
+        let head = (l * cfg.n_kv_heads + h) * hd * self.stride();
+        let block = head + (p / KEY_BLOCK) * hd * KEY_BLOCK + p % KEY_BLOCK;
+        fn put<T: KvElem>(ks: &mut [T], vs: &mut [T], block: usize, at: usize, k: &[f32], v: &[f32]) {
+            for (d, x) in k.iter().enumerate() {
+                ks[block + d * KEY_BLOCK] = T::from_f32(*x);
+            }
+            vs[at..at + v.len()].iter_mut().zip(v).for_each(|(o, x)| *o = T::from_f32(*x));
+        }
+        match &mut self.data {
+            KvData::F32 { k: ks, v: vs } => put(ks, vs, block, head + p * hd, k, v),
+            KvData::F16 { k: ks, v: vs } => put(ks, vs, block, head + p * hd, k, v),
+        }
     }
     /// Positions filled so far (the position of the next token).
     pub fn len(&self) -> usize {
@@ -187,6 +246,7 @@ impl InferModel {
         Ok(InferModel {
             cfg: cfg.clone(),
             quant,
+            kv: KvType::F16,
             embed: params[lay.embed.clone()].to_vec(),
             layers,
             final_norm: params[lay.final_norm.clone()].to_vec(),
@@ -292,15 +352,8 @@ impl InferModel {
                 let (q, kv) = row.split_at_mut(qd);
                 rope(q, hd, cs, sn);
                 rope(&mut kv[..kvd], hd, cs, sn);
-                let cache = &mut caches[ci];
-                let stride = cache.stride();
                 for (h, (k, v)) in kv[..kvd].chunks_exact(hd).zip(kv[kvd..].chunks_exact(hd)).enumerate() {
-                    let head = (l * c.n_kv_heads + h) * hd * stride;
-                    let block = head + (p / KEY_BLOCK) * hd * KEY_BLOCK + p % KEY_BLOCK;
-                    for (d, x) in k.iter().enumerate() {
-                        cache.k[block + d * KEY_BLOCK] = *x;
-                    }
-                    cache.v[head + p * hd..head + (p + 1) * hd].copy_from_slice(v);
+                    caches[ci].write(c, l, h, p, k, v);
                 }
             }
             self.attention(s, caches, rows, l);
@@ -357,14 +410,21 @@ impl InferModel {
             for j in task * per..((task + 1) * per).min(pairs) {
                 let (i, h) = (j / nkv, j % nkv);
                 let cache = &caches[rows[i].0];
-                let lo = (l * nkv + h) * hd * cache.stride();
-                let hi = lo + hd * cache.stride();
+                let n = pos[i] + 1;
+                let at = (l * nkv + h) * hd * cache.stride();
                 let q = &qkv[i * qkvd + h * group * hd..][..group * hd];
                 // SAFETY: pair j alone uses att[j*group*hd..][..group*hd] and
                 // scores[j*group*ss..][..group*ss] (att holds nr*nh*hd, scores max_rows*nh*ss floats).
                 let (out, sc) =
                     unsafe { (att.slice(j * group * hd, group * hd), scores.slice(j * group * ss, group * ss)) };
-                attend(out, sc, ss, q, &cache.k[lo..hi], &cache.v[lo..hi], hd, pos[i] + 1);
+                let (nk, nv) = (n.next_multiple_of(KEY_BLOCK) * hd, n * hd);
+                WIDE.with_borrow_mut(|buf| {
+                    buf.resize(hd * KEY_BLOCK, 0.0);
+                    match &cache.data {
+                        KvData::F32 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, buf),
+                        KvData::F16 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, buf),
+                    }
+                });
             }
         });
     }
