@@ -58,11 +58,11 @@ fn check(name: &str) {
     assert!(targets.contains(&IGNORE_INDEX), "the fixture has masked targets");
 
     let mut m = TrainModel::new(cfg, params, batch, seq);
+    let e = rel_err(&m.logits(&tokens), &f32s(&st, "logits"), 1e-3);
+    assert!(e < 5e-4, "{name}: logits differ from PyTorch by {e}");
     let loss = m.forward(&tokens, &targets);
     let want_loss = f32s(&st, "loss")[0];
     assert!((loss - want_loss).abs() < 1e-5 * want_loss, "{name}: loss {loss} vs PyTorch {want_loss}");
-    let e = rel_err(&m.logits(&tokens), &f32s(&st, "logits"), 1e-3);
-    assert!(e < 5e-4, "{name}: logits differ from PyTorch by {e}");
     m.zero_grad();
     m.backward(1.0);
     for tensor in &layout.tensors {

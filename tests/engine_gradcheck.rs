@@ -115,3 +115,14 @@ fn overfits_a_fixed_batch() {
     assert!(first > 2.0, "initial loss {first} should be near ln(13)");
     assert!(last < 0.1, "loss after 150 steps on one batch: {last}");
 }
+
+#[test]
+#[should_panic(expected = "one backward per forward")]
+fn a_second_backward_without_a_forward_is_refused() {
+    let c = cfg(true);
+    let mut m = TrainModel::new(c.clone(), init_params(&c, &ParamLayout::new(&c), 3), 2, 6);
+    let (tokens, targets) = batch();
+    m.forward(&tokens, &targets);
+    m.backward(1.0);
+    m.backward(1.0);
+}

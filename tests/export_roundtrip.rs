@@ -156,9 +156,9 @@ fn hf_export_then_import_gives_identical_weights_and_logits() {
         assert_eq!(logits(c, &again.params, &TOKS), logits(c, &p, &TOKS));
         // The imported directory trains: a forward/backward pass gives a finite loss and gradients.
         let mut t = shoucuo::model::TrainModel::new(again.cfg.clone(), again.params.clone(), 1, TOKS.len());
+        assert!(max_diff(&t.logits(&TOKS), &logits(c, &p, &TOKS).iter().map(|&x| x as f64).collect::<Vec<_>>()) < 1e-4);
         let loss = t.forward(&TOKS, &[300, 17, 799, 2, 42, 7]);
         assert!(loss.is_finite() && loss > 0.0);
-        assert!(max_diff(&t.logits(&TOKS), &logits(c, &p, &TOKS).iter().map(|&x| x as f64).collect::<Vec<_>>()) < 1e-4);
         t.backward(1.0);
         assert!(t.grads.iter().all(|g| g.is_finite()) && t.grads.iter().any(|&g| g != 0.0));
         let err = export_hf(&src, &out, false).unwrap_err().to_string();
@@ -405,6 +405,14 @@ fn llama2c_tokenizer_converts_with_byte_fallback_and_score_merges() {
     assert_eq!(tok.encode("ab é"), [id(" ab"), id(" "), id("<0xC3>"), id("<0xA9>")]);
     assert_eq!(tok.decode(&tok.encode("ab ab")), "ab ab");
     assert_eq!(tok.eos_id(), Some(2));
+
+    // a truncated tokenizer.bin is an error that leaves neither the output nor the staging dir
+    let cut = tmp.path().join("cut.bin");
+    std::fs::write(&cut, &std::fs::read(&tb).unwrap()[..40]).unwrap();
+    let out2 = tmp.path().join("imp2");
+    assert!(import_llama2c(&bin, Some(&cut), &out2).is_err());
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with("imp2")), "left behind: {left:?}");
 }
 
 fn write_bf16_shards(dir: &Path, c: &ModelConfig, p: &[f32]) -> Vec<f32> {

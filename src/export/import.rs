@@ -220,16 +220,19 @@ pub fn llama2c_tokenizer_json(path: &Path, vocab_size: usize) -> Result<String, 
 pub fn import_llama2c(model: &Path, tokenizer: Option<&Path>, out: &Path) -> Result<ModelConfig, ExportError> {
     let m = read_llama2c(model)?;
     let staging = tempdir_near(out)?;
-    if let Some(t) = tokenizer {
-        let json = llama2c_tokenizer_json(t, m.cfg.vocab_size)?;
-        std::fs::write(staging.join("tokenizer.json"), json).map_err(io_err(&staging))?;
-        let cfg = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-            "add_bos_token": true, "tokenizer_class": "PreTrainedTokenizerFast"});
-        std::fs::write(staging.join("tokenizer_config.json"), cfg.to_string()).map_err(io_err(&staging))?;
-    }
-    let layout = ParamLayout::new(&m.cfg);
-    let dir = ModelDir { cfg: m.cfg.clone(), layout, params: m.params };
-    let res = write_hf_dir(&dir, Some(1), Some(2), &staging, out);
+    let write = || -> Result<(), ExportError> {
+        if let Some(t) = tokenizer {
+            let json = llama2c_tokenizer_json(t, m.cfg.vocab_size)?;
+            std::fs::write(staging.join("tokenizer.json"), json).map_err(io_err(&staging))?;
+            let cfg = serde_json::json!({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                "add_bos_token": true, "tokenizer_class": "PreTrainedTokenizerFast"});
+            std::fs::write(staging.join("tokenizer_config.json"), cfg.to_string()).map_err(io_err(&staging))?;
+        }
+        let dir = ModelDir { cfg: m.cfg.clone(), layout: ParamLayout::new(&m.cfg), params: m.params };
+        write_hf_dir(&dir, Some(1), Some(2), &staging, out).map(drop)
+    };
+    let res = write();
+    // The staging directory only carries the tokenizer files into `out`; it goes, success or not.
     let _ = std::fs::remove_dir_all(&staging);
     res?;
     Ok(m.cfg)

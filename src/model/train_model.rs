@@ -65,6 +65,9 @@ pub struct TrainModel {
     tokens: Vec<u32>,
     targets: Vec<u32>,
     counted: usize,
+    /// Set by `forward`, taken by `backward`: the gradient state (dhead, dln, activations) belongs
+    /// to the last forward, and `backward` scales dln in place, so it may run once per forward.
+    grad_ready: bool,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
     g: Scratch,
@@ -123,6 +126,7 @@ impl TrainModel {
             tokens: vec![0; n],
             targets: vec![0; n],
             counted: 0,
+            grad_ready: false,
             rope_cos,
             rope_sin,
             g,
@@ -140,17 +144,21 @@ impl TrainModel {
     /// (the output head's gradient is formed here, chunk by chunk, as the logits are).
     pub fn forward(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
         self.body_forward(tokens);
-        self.head(targets, true)
+        let loss = self.head(targets, true);
+        self.grad_ready = true;
+        loss
     }
 
     /// The mean loss only, for evaluation: no gradient work.
     pub fn loss(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
+        self.grad_ready = false;
         self.body_forward(tokens);
         self.head(targets, false)
     }
 
     /// All logits [batch*seq, vocab] of `tokens` (allocates; for tests and scoring).
     pub fn logits(&mut self, tokens: &[u32]) -> Vec<f32> {
+        self.grad_ready = false;
         self.body_forward(tokens);
         let (n, d, v) = (tokens.len(), self.cfg.dim, self.cfg.vocab_size);
         let mut out = vec![0.0; n * v];
@@ -226,7 +234,7 @@ impl TrainModel {
             let lse = &mut self.lse[..rows];
             self.counted += crossentropy_forward(&mut self.losses[r0..r0 + rows], lse, logits, t, v);
             if with_grad {
-                crossentropy_backward(logits, lse, t, v, 1.0);
+                crossentropy_backward(logits, lse, t, v);
                 let dx = &mut self.g.dln[r0 * d..(r0 + rows) * d];
                 linear_backward(dx, &mut self.dhead, logits, x, w, rows, d, v);
             }
@@ -239,7 +247,15 @@ impl TrainModel {
 
     /// Adds d(loss · loss_scale)/dθ to `grads`, for the batch of the last `forward`
     /// (loss_scale = 1/accum_steps for gradient accumulation).
+    ///
+    /// # Panics
+    /// Unless the last call was `forward` (each forward allows one backward; `loss` and `logits`
+    /// overwrite the activations).
     pub fn backward(&mut self, loss_scale: f32) {
+        assert!(
+            std::mem::take(&mut self.grad_ready),
+            "backward() needs a forward() of the batch first (one backward per forward)"
+        );
         if self.counted == 0 {
             return;
         }

@@ -17,16 +17,17 @@ pub fn crossentropy_forward(losses: &mut [f32], lse: &mut [f32], logits: &[f32],
     targets.iter().filter(|&&t| t != IGNORE_INDEX).count()
 }
 
-/// Overwrites logits: [N, V] with d(scale · Σ losses)/d logits = scale · (softmax − onehot), given
-/// the forward's lse: [N]; ignored rows get zero gradient.
-pub fn crossentropy_backward(logits: &mut [f32], lse: &[f32], targets: &[u32], v: usize, scale: f32) {
+/// Overwrites logits: [N, V] with d(Σ losses)/d logits = softmax − onehot, given the forward's
+/// lse: [N]; ignored rows get zero gradient. (The loss scale is applied later, once, to the
+/// products of this gradient.)
+pub fn crossentropy_backward(logits: &mut [f32], lse: &[f32], targets: &[u32], v: usize) {
     (logits.par_chunks_mut(v), lse, targets).into_par_iter().for_each(|(row, &lse, &t)| {
         if t == IGNORE_INDEX {
             row.fill(0.0);
             return;
         }
-        row.iter_mut().for_each(|x| *x = exp(*x - lse) * scale);
-        row[t as usize] -= scale;
+        row.iter_mut().for_each(|x| *x = exp(*x - lse));
+        row[t as usize] -= 1.0;
     });
 }
 
