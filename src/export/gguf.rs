@@ -8,7 +8,7 @@
 //! while HF checkpoints rotate halves (i, i + head_dim/2). The q and k rows are therefore
 //! permuted on export: within each head, row `j*half + i` moves to `2i + j` (see [`interleave_rows`]).
 
-use crate::export::hf::{ExportError, io_err, special_ids};
+use crate::export::hf::{ExportError, io_err};
 use crate::model::weights::load_model_dir;
 use crate::model::{ModelConfig, ParamLayout};
 use crate::train::checkpoint::write_atomic;
@@ -370,7 +370,7 @@ pub const DEFAULT_PRE: &str = "qwen2";
 /// Exports the model directory `src` (with its tokenizer) as a GGUF file `out`, atomically.
 pub fn export_gguf(src: &Path, out: &Path, dtype: Dtype, pre: &str) -> Result<(), ExportError> {
     let model = load_model_dir(src)?;
-    let (bos, eos) = special_ids(src);
+    let (bos, eos) = (model.bos, model.eos);
     let tok = crate::tokenizer::Tok::load(src).map_err(|e| ExportError::Tokenizer(e.to_string()))?;
     let eos = eos.or(tok.eos_id());
     let name = src.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));

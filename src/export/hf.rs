@@ -29,33 +29,15 @@ pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_
     move |source| ExportError::Io { path: path.display().to_string(), source }
 }
 
-/// The `bos_token_id` and `eos_token_id` of a model directory's config.json (first id when a list).
-pub fn special_ids(dir: &Path) -> (Option<u32>, Option<u32>) {
-    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else { return (None, None) };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return (None, None) };
-    let id = |v: &serde_json::Value| match v {
-        serde_json::Value::Array(a) => a.first().and_then(|x| x.as_u64()),
-        x => x.as_u64(),
-    };
-    let get = |k: &str| v.get(k).and_then(id).and_then(|x| u32::try_from(x).ok());
-    (get("bos_token_id"), get("eos_token_id"))
-}
-
-/// Writes `model` (with `bos`/`eos`) as a HF directory at `out`, copying the tokenizer files found
+/// Writes `model` (with its `bos`/`eos`) as a HF directory at `out`, copying the tokenizer files found
 /// in `tokenizer_dir`. Everything goes to `OUT.tmp` first, is fsynced, then renamed; `out` must not exist.
 /// Returns the tokenizer files copied.
-pub fn write_hf_dir(
-    model: &ModelDir,
-    bos: Option<u32>,
-    eos: Option<u32>,
-    tokenizer_dir: &Path,
-    out: &Path,
-) -> Result<Vec<&'static str>, ExportError> {
+pub fn write_hf_dir(model: &ModelDir, tokenizer_dir: &Path, out: &Path) -> Result<Vec<&'static str>, ExportError> {
     if out.exists() {
         return Err(ExportError::Exists(out.display().to_string()));
     }
     let tmp = tmp_path(out);
-    let copied = stage_model_dir(&tmp, &model.cfg, &model.params, bos, eos, Some(tokenizer_dir))?;
+    let copied = stage_model_dir(&tmp, &model.cfg, &model.params, model.bos, model.eos, Some(tokenizer_dir))?;
     commit_dir(&tmp, out)?;
     Ok(copied)
 }
@@ -78,6 +60,5 @@ pub fn export_hf(src: &Path, out: &Path, force: bool) -> Result<Vec<&'static str
             src.display()
         )));
     }
-    let (bos, eos) = special_ids(src);
-    write_hf_dir(&model, bos, eos, src, out)
+    write_hf_dir(&model, src, out)
 }

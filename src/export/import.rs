@@ -1,7 +1,7 @@
 //! Import of existing Llama checkpoints: HF safetensors directories and llama2.c `model.bin` files.
 
 use crate::export::gguf::deinterleave_rows;
-use crate::export::hf::{ExportError, io_err, special_ids, write_hf_dir};
+use crate::export::hf::{ExportError, io_err, write_hf_dir};
 use crate::model::weights::{ModelDir, load_model_dir};
 use crate::model::{ModelConfig, ParamLayout};
 use std::path::Path;
@@ -20,8 +20,7 @@ pub fn import_hf(src: &Path, out: &Path) -> Result<ModelDir, ExportError> {
     }
     crate::tokenizer::Tok::load(src)
         .map_err(|e| ExportError::Tokenizer(format!("{e}; the tokenizer is unreadable")))?;
-    let (bos, eos) = special_ids(src);
-    write_hf_dir(&model, bos, eos, src, out)?;
+    write_hf_dir(&model, src, out)?;
     Ok(model)
 }
 
@@ -228,8 +227,9 @@ pub fn import_llama2c(model: &Path, tokenizer: Option<&Path>, out: &Path) -> Res
                 "add_bos_token": true, "tokenizer_class": "PreTrainedTokenizerFast"});
             std::fs::write(staging.join("tokenizer_config.json"), cfg.to_string()).map_err(io_err(&staging))?;
         }
-        let dir = ModelDir { cfg: m.cfg.clone(), layout: ParamLayout::new(&m.cfg), params: m.params };
-        write_hf_dir(&dir, Some(1), Some(2), &staging, out).map(drop)
+        let layout = ParamLayout::new(&m.cfg);
+        let dir = ModelDir { cfg: m.cfg.clone(), layout, params: m.params, bos: Some(1), eos: Some(2) };
+        write_hf_dir(&dir, &staging, out).map(drop)
     };
     let res = write();
     // The staging directory only carries the tokenizer files into `out`; it goes, success or not.

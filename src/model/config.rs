@@ -94,6 +94,28 @@ pub struct HfLlamaConfig {
     pub torch_dtype: String,
 }
 
+impl HfLlamaConfig {
+    /// Reads a HF `config.json`, and the model shape it describes.
+    pub fn load(path: &Path) -> Result<(Self, ModelConfig), ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: p.clone(), source })?;
+        let hf: HfLlamaConfig =
+            serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: p.clone(), source })?;
+        let cfg = ModelConfig::from_hf(&hf).map_err(|e| ConfigError::Invalid(format!("{p}: {e}")))?;
+        Ok((hf, cfg))
+    }
+
+    /// `bos_token_id` and `eos_token_id` (the first id where a list is given).
+    pub fn special_ids(&self) -> (Option<u32>, Option<u32>) {
+        let eos = match &self.eos_token_id {
+            Some(serde_json::Value::Array(a)) => a.first().and_then(|x| x.as_u64()),
+            Some(x) => x.as_u64(),
+            None => None,
+        };
+        (self.bos_token_id, eos.and_then(|x| u32::try_from(x).ok()))
+    }
+}
+
 fn llama() -> String {
     "llama".into()
 }
@@ -230,11 +252,7 @@ impl ModelConfig {
 
     /// Reads a HF `config.json`.
     pub fn load_hf(path: &Path) -> Result<Self, ConfigError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: p.clone(), source })?;
-        let hf: HfLlamaConfig =
-            serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: p.clone(), source })?;
-        Self::from_hf(&hf).map_err(|e| ConfigError::Invalid(format!("{p}: {e}")))
+        Ok(HfLlamaConfig::load(path)?.1)
     }
 
     /// A benchmark preset shared with the peer yardsticks: (config, seq_len, batch).
@@ -274,6 +292,12 @@ mod tests {
         let hf: HfLlamaConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(hf.head_dim, Some(48));
         assert_eq!(ModelConfig::from_hf(&hf).unwrap(), cfg);
+        assert_eq!(hf.special_ids(), (Some(1), Some(2)));
+        // Llama 3 style: several end-of-sequence ids; the first one is kept
+        let mut v = serde_json::to_value(cfg.to_hf(None, None)).unwrap();
+        v["eos_token_id"] = serde_json::json!([128001, 128009]);
+        let hf: HfLlamaConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(hf.special_ids(), (None, Some(128001)));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! `model.safetensors` with HF Llama tensor names, read into and written from the flat buffer.
 
-use crate::model::config::ModelConfig;
+use crate::model::config::{HfLlamaConfig, ModelConfig};
 use crate::model::params::ParamLayout;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::collections::HashMap;
@@ -154,6 +154,9 @@ pub struct ModelDir {
     pub cfg: ModelConfig,
     pub layout: ParamLayout,
     pub params: Vec<f32>,
+    /// `bos_token_id` / `eos_token_id` of config.json.
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
 }
 
 /// Reads `config.json` and `model.safetensors` (or the shards named by `model.safetensors.index.json`).
@@ -161,12 +164,13 @@ pub fn load_model_dir(dir: &Path) -> Result<ModelDir, ModelDirError> {
     if !dir.is_dir() {
         return Err(ModelDirError::NotADir(dir.display().to_string()));
     }
-    let cfg = ModelConfig::load_hf(&dir.join("config.json"))?;
+    let (hf, cfg) = HfLlamaConfig::load(&dir.join("config.json"))?;
+    let (bos, eos) = hf.special_ids();
     let layout = ParamLayout::new(&cfg);
     let files = safetensors_files(dir)?;
     let refs: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let params = load_safetensors(&refs, &layout)?;
-    Ok(ModelDir { cfg, layout, params })
+    Ok(ModelDir { cfg, layout, params, bos, eos })
 }
 
 /// Writes `config.json`, `generation_config.json` and `model.safetensors` into `dir` (not atomic).
