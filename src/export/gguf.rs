@@ -11,8 +11,9 @@
 use crate::export::hf::{ExportError, io_err};
 use crate::model::weights::load_model_dir;
 use crate::model::{ModelConfig, ParamLayout};
-use crate::train::checkpoint::write_atomic;
+use crate::train::checkpoint::write_atomic_with;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 const ALIGN: usize = 32;
@@ -136,8 +137,9 @@ fn put_value(b: &mut Vec<u8>, v: &Value) {
     }
 }
 
-/// Serialises a whole GGUF file.
-pub fn encode(meta: &[(String, Value)], tensors: &[TensorOut]) -> Vec<u8> {
+/// Writes a whole GGUF file: the header (metadata and tensor infos) is built in memory, the
+/// tensors' data is streamed after it.
+pub fn write_gguf(w: &mut impl Write, meta: &[(String, Value)], tensors: &[TensorOut]) -> std::io::Result<()> {
     let mut b = Vec::new();
     b.extend(b"GGUF");
     b.extend(3u32.to_le_bytes());
@@ -157,11 +159,12 @@ pub fn encode(meta: &[(String, Value)], tensors: &[TensorOut]) -> Vec<u8> {
         offset += t.data.len().next_multiple_of(ALIGN);
     }
     b.resize(b.len().next_multiple_of(ALIGN), 0);
+    w.write_all(&b)?;
     for t in tensors {
-        b.extend(&t.data);
-        b.resize(b.len().next_multiple_of(ALIGN), 0);
+        w.write_all(&t.data)?;
+        w.write_all(&[0; ALIGN][..t.data.len().next_multiple_of(ALIGN) - t.data.len()])?;
     }
-    b
+    Ok(())
 }
 
 /// Encodes `x` (a multiple of 32 values) as q8_0 blocks: f16 scale `amax/127`, 32 int8.
@@ -383,8 +386,8 @@ pub fn export_gguf(src: &Path, out: &Path, dtype: Dtype, pre: &str) -> Result<()
         eos,
         tok.chat_template(),
     )?);
-    let bytes = encode(&meta, &model_tensors(&model.cfg, &model.params, dtype));
-    Ok(write_atomic(out, &bytes)?)
+    let tensors = model_tensors(&model.cfg, &model.params, dtype);
+    Ok(write_atomic_with(out, |w| write_gguf(w, &meta, &tensors))?)
 }
 
 // ---------------------------------------------------------------- reading
@@ -569,7 +572,8 @@ mod tests {
 
     #[test]
     fn truncated_file_is_an_error() {
-        let b = encode(&[("a".into(), Value::U32(1))], &[]);
+        let mut b = Vec::new();
+        write_gguf(&mut b, &[("a".into(), Value::U32(1))], &[]).unwrap();
         assert!(Gguf::parse(b[..30].to_vec()).is_err());
         assert!(Gguf::parse(b"GGML".to_vec()).err().unwrap().to_string().contains("magic"));
     }
