@@ -7,7 +7,7 @@
 //! bit-identical logits.
 
 use crate::model::kernels::rmsnorm::{row_rstd, scale_row};
-use crate::model::kernels::{exp, lanes16};
+use crate::model::kernels::softmax;
 use std::cell::RefCell;
 
 /// q8_0 block length: each run of 32 weights of a row shares one f32 scale.
@@ -677,13 +677,7 @@ pub fn attend<T: KvElem>(
         }
     }
     for sc in scores.chunks_mut(ss).take(g) {
-        let sc = &mut sc[..n];
-        let max = lanes16(sc, f32::NEG_INFINITY, f32::max);
-        for s in sc.iter_mut() {
-            *s = exp(*s - max);
-        }
-        let inv = 1.0 / lanes16(sc, 0.0, |a, b| a + b);
-        sc.iter_mut().for_each(|s| *s *= inv);
+        softmax(&mut sc[..n], 1.0); // the scores are already scaled
     }
     let most = if hd > 64 { 2 } else { 4 };
     let mut h0 = 0;

@@ -3,7 +3,7 @@
 //! softmax: S = Q·Kᵀ, P = softmax(S·scale) under the causal mask, O = P·V.
 
 use super::gemm::{Mat, gemm_serial};
-use super::{exp, lanes16};
+use super::{exp, softmax};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -102,13 +102,8 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32],
 /// row[..=i] = softmax(row[..=i] * scale); row[i+1..] = 0. Returns the log-sum-exp of the scaled row.
 fn softmax_causal(row: &mut [f32], i: usize, scale: f32) -> f32 {
     let (live, masked) = row.split_at_mut(i + 1);
-    let max = lanes16(live, f32::NEG_INFINITY, f32::max) * scale;
-    live.iter_mut().for_each(|x| *x = exp(*x * scale - max));
-    let sum = lanes16(live, 0.0, |a, b| a + b);
-    let inv = 1.0 / sum;
-    live.iter_mut().for_each(|x| *x *= inv);
     masked.fill(0.0);
-    max + sum.ln()
+    softmax(live, scale)
 }
 
 /// Given dout: [B*T, H*hd], the forward's q, k, v and lse, writes (overwrites) dq: [B*T, H*hd]

@@ -24,6 +24,17 @@ pub fn reduce_partials(out: &mut [f32], partials: &[f32]) {
     }
 }
 
+/// x = softmax(x · scale) in place (training and inference attention); returns the log-sum-exp
+/// of x · scale.
+pub fn softmax(x: &mut [f32], scale: f32) -> f32 {
+    let max = lanes16(x, f32::NEG_INFINITY, f32::max) * scale;
+    x.iter_mut().for_each(|v| *v = exp(*v * scale - max));
+    let sum = lanes16(x, 0.0, |a, b| a + b);
+    let inv = 1.0 / sum;
+    x.iter_mut().for_each(|v| *v *= inv);
+    max + sum.ln()
+}
+
 /// A reduction with 16 independent lanes (so it vectorises), then across the lanes.
 pub fn lanes16(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [init; 16];
