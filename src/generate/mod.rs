@@ -8,9 +8,11 @@
 pub mod chat;
 pub mod sampling;
 
+use crate::model::infer::pool::pool;
 use crate::model::infer::{InferError, InferModel, KvCache, Scratch};
 use crate::tokenizer::Tok;
 pub use sampling::{Sampler, SamplingParams, SeqSampler};
+use std::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -74,7 +76,8 @@ pub fn generate(
     let b = batch_size.clamp(1, prompts.len().max(1));
     let mut scratch = Scratch::new(model, b.max(64));
     let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(cfg, cap, model.kv)).collect();
-    let mut sampler = Sampler::new(cfg.vocab_size);
+    // One sampler (its [vocab] scratch) per slot: the live sequences draw in parallel.
+    let mut samplers: Vec<Sampler> = (0..b).map(|_| Sampler::new(cfg.vocab_size)).collect();
     let mut slots: Vec<Option<Live>> = (0..b).map(|_| None).collect();
     let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
     let mut next = 0;
@@ -89,7 +92,7 @@ pub fn generate(
                 let logits = model.prefill(&mut scratch, cache, prompt)?;
                 let mut live =
                     Live { index: i, seq: SeqSampler::new(p, i as u64, cfg.vocab_size, prompt), tokens: vec![] };
-                let t = sampler.sample(logits, p, &mut live.seq);
+                let t = samplers[si].sample(logits, p, &mut live.seq);
                 match live.push(t, p, tok, cache.len(), cap, on_token) {
                     Some(g) => out[i] = Some(g),
                     None => *slot = Some(live),
@@ -102,9 +105,9 @@ pub fn generate(
             break;
         }
         let logits = model.decode(&mut scratch, &mut caches, &rows)?;
-        for (&(si, _), l) in rows.iter().zip(logits.chunks_exact(cfg.vocab_size)) {
+        let drawn = sample_rows(&mut slots, &mut samplers, logits, p);
+        for (&(si, _), t) in rows.iter().zip(drawn) {
             let Some(live) = slots[si].as_mut() else { continue };
-            let t = sampler.sample(l, p, &mut live.seq);
             if let Some(g) = live.push(t, p, tok, caches[si].len(), cap, on_token) {
                 out[live.index] = Some(g);
                 slots[si] = None;
@@ -112,6 +115,24 @@ pub fn generate(
         }
     }
     Ok(out.into_iter().flatten().collect())
+}
+
+/// The next token of every live slot (in slot order, as the rows of `logits`: [live, vocab]),
+/// drawn on the inference pool: sampling a row (softmax, top-p) costs as much as a tiny model's
+/// share of the step, and each row has its own RNG stream, so the order does not matter.
+fn sample_rows(slots: &mut [Option<Live>], samplers: &mut [Sampler], logits: &[f32], p: &SamplingParams) -> Vec<u32> {
+    let jobs: Vec<Mutex<(&mut Sampler, &mut SeqSampler, u32)>> = slots
+        .iter_mut()
+        .zip(samplers)
+        .filter_map(|(slot, sampler)| slot.as_mut().map(|l| Mutex::new((sampler, &mut l.seq, 0))))
+        .collect();
+    let v = logits.len() / jobs.len().max(1);
+    pool().run(jobs.len(), |j| {
+        let mut job = jobs[j].lock().unwrap_or_else(|e| e.into_inner());
+        let (sampler, seq, t) = &mut *job;
+        *t = sampler.sample(&logits[j * v..(j + 1) * v], p, seq);
+    });
+    jobs.into_iter().map(|j| j.into_inner().unwrap_or_else(|e| e.into_inner()).2).collect()
 }
 
 /// A sequence in flight.

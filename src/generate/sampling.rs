@@ -1,6 +1,7 @@
 //! Choosing the next token from logits: penalties, then temperature, top-k, top-p, min-p, then a
 //! draw from the seeded RNG of the sequence (greedy when temperature is 0).
 
+use crate::model::kernels::{exp, lanes16};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -126,13 +127,10 @@ impl Sampler {
             return argmax(w);
         }
         // Softmax at this temperature (unnormalised: mass is tracked explicitly).
-        let max = w.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let max = lanes16(w, f32::NEG_INFINITY, f32::max);
         let inv_t = 1.0 / p.temperature;
-        let mut total = 0.0;
-        for l in w.iter_mut() {
-            *l = ((*l - max) * inv_t).exp();
-            total += *l;
-        }
+        w.iter_mut().for_each(|l| *l = exp((*l - max) * inv_t));
+        let total = lanes16(w, 0.0, |a, b| a + b);
         // Candidates: min-p keeps p >= min_p * pmax (pmax is 1 here); top-p cannot keep a token
         // below (1 - top_p) / (V - 1) of the mass, so those never need sorting.
         let floor =
@@ -146,16 +144,7 @@ impl Sampler {
         }
         let mut mass: f32 = self.idx.iter().map(|&i| w[i as usize]).sum();
         if p.top_p < 1.0 {
-            self.idx.sort_unstable_by(by_prob);
-            let (target, mut acc) = (p.top_p * total, 0.0);
-            let mut keep = self.idx.len();
-            for (j, &i) in self.idx.iter().enumerate() {
-                acc += w[i as usize];
-                if acc >= target {
-                    keep = j + 1;
-                    break;
-                }
-            }
+            let keep = top_p_cut(&mut self.idx, w, p.top_p * total);
             self.idx.truncate(keep);
             mass = self.idx.iter().map(|&i| w[i as usize]).sum();
         }
@@ -170,10 +159,33 @@ impl Sampler {
     }
 }
 
+/// Reorders `idx` so that its first m tokens are the m most likely (by weight `w`), for the
+/// smallest m whose weights reach `target`, and returns m (all of `idx` if they never do).
+/// A selection halving its range each time: O(len) where sorting the candidates of a
+/// high-entropy model was most of a batched sampling step.
+fn top_p_cut(idx: &mut [u32], w: &[f32], target: f32) -> usize {
+    let by_prob = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]);
+    let mass = |s: &[u32]| s.iter().map(|&i| w[i as usize]).sum::<f32>();
+    // idx[..lo] is kept; the cut lies in lo+1..=hi, and idx[lo..hi] outweigh the rest one by one.
+    let (mut lo, mut hi, mut need) = (0, idx.len(), target);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        idx[lo..hi].select_nth_unstable_by(mid - lo, by_prob);
+        let upper = mass(&idx[lo..mid]);
+        if upper >= need {
+            hi = mid;
+        } else {
+            need -= upper;
+            lo = mid;
+        }
+    }
+    hi
+}
+
 /// Index of the first largest value (NaN ignored; 0 if there is none): a vectorised maximum, then
 /// a search for it (a running index of the best so far is a serial chain through the vocabulary).
 pub fn argmax(v: &[f32]) -> u32 {
-    let max = crate::model::kernels::lanes16(v, f32::NEG_INFINITY, f32::max);
+    let max = lanes16(v, f32::NEG_INFINITY, f32::max);
     v.iter().position(|&x| x == max).unwrap_or(0) as u32
 }
 
@@ -196,6 +208,33 @@ mod tests {
         v[3] = f32::NAN;
         assert_eq!(argmax(&v), 77, "NaN is ignored");
         assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+    }
+
+    #[test]
+    fn top_p_cut_keeps_the_smallest_most_likely_set_reaching_the_mass() {
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        for n in [1usize, 2, 7, 100, 3000] {
+            let w: Vec<f32> = (0..n).map(|_| rng.random::<f32>().powi(8)).collect();
+            let total: f32 = w.iter().sum();
+            for top_p in [0.1f32, 0.5, 0.9, 0.99] {
+                let target = top_p * total;
+                let mut sorted: Vec<u32> = (0..n as u32).collect();
+                sorted.sort_by(|a, b| w[*b as usize].total_cmp(&w[*a as usize]));
+                let mut acc = 0.0;
+                let want = sorted.iter().position(|&i| {
+                    acc += w[i as usize];
+                    acc >= target
+                });
+                let mut idx: Vec<u32> = (0..n as u32).collect();
+                let m = top_p_cut(&mut idx, &w, target);
+                // the same count of the most likely tokens as sorting all and cutting the running sum
+                let want = want.map_or(n, |j| j + 1);
+                assert_eq!(m, want, "n {n} top_p {top_p}");
+                let mut kept = idx[..m].to_vec();
+                kept.sort_by(|a, b| w[*b as usize].total_cmp(&w[*a as usize]));
+                assert_eq!(kept, sorted[..m], "n {n} top_p {top_p}: not the {m} most likely");
+            }
+        }
     }
 
     #[test]
