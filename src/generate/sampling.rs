@@ -135,8 +135,14 @@ impl Sampler {
         // below (1 - top_p) / (V - 1) of the mass, so those never need sorting.
         let floor =
             (p.min_p).max(if p.top_p < 1.0 { (1.0 - p.top_p) / (w.len() - 1).max(1) as f32 * total } else { 0.0 });
-        self.idx.clear();
-        self.idx.extend((0..w.len() as u32).filter(|&i| w[i as usize] >= floor));
+        // Branch-free compaction: whether a token passes the floor is unpredictable.
+        self.idx.resize(w.len(), 0);
+        let mut n = 0;
+        for (i, &x) in w.iter().enumerate() {
+            self.idx[n] = i as u32;
+            n += usize::from(x >= floor);
+        }
+        self.idx.truncate(n);
         let by_prob = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]);
         if p.top_k > 0 && p.top_k < self.idx.len() {
             self.idx.select_nth_unstable_by(p.top_k - 1, by_prob);
