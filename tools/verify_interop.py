@@ -94,7 +94,7 @@ def llama_cpp_greedy(llama, gguf):
 
 def ours_greedy(model_dir):
     out = sh(BIN, "generate", "--model", model_dir, "--prompt", PROMPT, "--temperature", "0",
-             "--max-new-tokens", str(N), "--threads", "2")
+             "--max-new-tokens", str(N), "--kv-cache", "f32", "--threads", "2")
     return out[len(PROMPT):].rstrip("\n")
 
 

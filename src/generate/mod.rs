@@ -76,8 +76,9 @@ pub fn generate(
     let b = batch_size.clamp(1, prompts.len().max(1));
     let mut scratch = Scratch::new(model, b.max(64));
     let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(cfg, cap, model.kv)).collect();
-    // One sampler (its [vocab] scratch) per slot: the live sequences draw in parallel.
-    let mut samplers: Vec<Sampler> = (0..b).map(|_| Sampler::new(cfg.vocab_size)).collect();
+    // One sampler ([vocab] scratch) per pool thread: the live sequences draw in parallel.
+    let mut samplers: Vec<Mutex<Sampler>> =
+        (0..pool().threads()).map(|_| Mutex::new(Sampler::new(cfg.vocab_size))).collect();
     let mut slots: Vec<Option<Live>> = (0..b).map(|_| None).collect();
     let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
     let mut next = 0;
@@ -92,7 +93,7 @@ pub fn generate(
                 let logits = model.prefill(&mut scratch, cache, prompt)?;
                 let mut live =
                     Live { index: i, seq: SeqSampler::new(p, i as u64, cfg.vocab_size, prompt), tokens: vec![] };
-                let t = samplers[si].sample(logits, p, &mut live.seq);
+                let t = samplers[0].get_mut().unwrap_or_else(|e| e.into_inner()).sample(logits, p, &mut live.seq);
                 match live.push(t, p, tok, cache.len(), cap, on_token) {
                     Some(g) => out[i] = Some(g),
                     None => *slot = Some(live),
@@ -105,7 +106,7 @@ pub fn generate(
             break;
         }
         let logits = model.decode(&mut scratch, &mut caches, &rows)?;
-        let drawn = sample_rows(&mut slots, &mut samplers, logits, p);
+        let drawn = sample_rows(&mut slots, &samplers, logits, cfg.vocab_size, p);
         for (&(si, _), t) in rows.iter().zip(drawn) {
             let Some(live) = slots[si].as_mut() else { continue };
             if let Some(g) = live.push(t, p, tok, caches[si].len(), cap, on_token) {
@@ -118,21 +119,28 @@ pub fn generate(
 }
 
 /// The next token of every live slot (in slot order, as the rows of `logits`: [live, vocab]),
-/// drawn on the inference pool: sampling a row (softmax, top-p) costs as much as a tiny model's
-/// share of the step, and each row has its own RNG stream, so the order does not matter.
-fn sample_rows(slots: &mut [Option<Live>], samplers: &mut [Sampler], logits: &[f32], p: &SamplingParams) -> Vec<u32> {
-    let jobs: Vec<Mutex<(&mut Sampler, &mut SeqSampler, u32)>> = slots
-        .iter_mut()
-        .zip(samplers)
-        .filter_map(|(slot, sampler)| slot.as_mut().map(|l| Mutex::new((sampler, &mut l.seq, 0))))
-        .collect();
-    let v = logits.len() / jobs.len().max(1);
-    pool().run(jobs.len(), |j| {
-        let mut job = jobs[j].lock().unwrap_or_else(|e| e.into_inner());
-        let (sampler, seq, t) = &mut *job;
-        *t = sampler.sample(&logits[j * v..(j + 1) * v], p, seq);
+/// drawn on the inference pool, task t with sampler t taking every nt-th row: sampling a row
+/// (softmax, top-p) can cost as much as a small model's share of the step, and each row has its
+/// own RNG stream, so the order does not matter.
+fn sample_rows(
+    slots: &mut [Option<Live>],
+    samplers: &[Mutex<Sampler>],
+    logits: &[f32],
+    vocab: usize,
+    p: &SamplingParams,
+) -> Vec<u32> {
+    let jobs: Vec<Mutex<(&mut SeqSampler, u32)>> =
+        slots.iter_mut().filter_map(|s| s.as_mut().map(|l| Mutex::new((&mut l.seq, 0)))).collect();
+    assert_eq!(logits.len(), jobs.len() * vocab, "one row of logits per live sequence");
+    let nt = samplers.len().min(jobs.len());
+    pool().run(nt, |t| {
+        let mut sampler = samplers[t].lock().unwrap_or_else(|e| e.into_inner());
+        for j in (t..jobs.len()).step_by(nt) {
+            let mut job = jobs[j].lock().unwrap_or_else(|e| e.into_inner());
+            job.1 = sampler.sample(&logits[j * vocab..(j + 1) * vocab], p, job.0);
+        }
     });
-    jobs.into_iter().map(|j| j.into_inner().unwrap_or_else(|e| e.into_inner()).2).collect()
+    jobs.into_iter().map(|j| j.into_inner().unwrap_or_else(|e| e.into_inner()).1).collect()
 }
 
 /// A sequence in flight.

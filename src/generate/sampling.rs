@@ -101,7 +101,7 @@ impl SeqSampler {
     }
 }
 
-/// Scratch shared by all sequences: [vocab] buffers, reused every step.
+/// [vocab] scratch for drawing tokens, reused by any sequence, step after step.
 pub struct Sampler {
     work: Vec<f32>,
     idx: Vec<u32>,
@@ -241,6 +241,9 @@ mod tests {
                 assert_eq!(kept, sorted[..m], "n {n} top_p {top_p}: not the {m} most likely");
             }
         }
+        // nothing to keep; a target the weights never reach keeps them all
+        assert_eq!(top_p_cut(&mut [], &[], 1.0), 0);
+        assert_eq!(top_p_cut(&mut [0, 1, 2], &[0.2, 0.3, 0.1], 0.7), 3);
     }
 
     #[test]

@@ -143,6 +143,7 @@ impl TrainModel {
     /// cross-entropy over the counted targets (0 when none count) and keeps what `backward` needs
     /// (the output head's gradient is formed here, chunk by chunk, as the logits are).
     pub fn forward(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
+        self.grad_ready = false;
         self.body_forward(tokens);
         let loss = self.head(targets, true);
         self.grad_ready = true;

@@ -199,10 +199,11 @@ pub fn write_atomic_with(
 ) -> Result<(), CheckpointError> {
     let tmp = path.with_extension("tmp");
     let mut w = std::io::BufWriter::new(File::create(&tmp).map_err(io_err(&tmp))?);
-    write(&mut w)
-        .and_then(|_| w.into_inner().map_err(|e| e.into_error()))
-        .and_then(|f| f.sync_all())
-        .map_err(io_err(&tmp))?;
+    let written = write(&mut w).and_then(|_| w.into_inner().map_err(|e| e.into_error())).and_then(|f| f.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp); // a partial file (a streamed GGUF can be gigabytes)
+        return Err(io_err(&tmp)(e));
+    }
     std::fs::rename(&tmp, path).map_err(io_err(path))?;
     sync_dir(parent(path))
 }

@@ -594,7 +594,31 @@ pub fn widen_f16(dst: &mut [f32], src: &[u16]) {
         unsafe { avx512::widen_f16(dst, src) };
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: the CPU has F16C; the lengths match.
+        unsafe { widen_f16_f16c(dst, src) };
+        return;
+    }
     for (d, &h) in dst.iter_mut().zip(src) {
+        *d = half::f16::from_bits(h).to_f32();
+    }
+}
+
+/// [`widen_f16`] 8 values per instruction, for CPUs without AVX-512.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "f16c")]
+unsafe fn widen_f16_f16c(dst: &mut [f32], src: &[u16]) {
+    use std::arch::x86_64::*;
+    let n = src.len() / 8 * 8;
+    for i in (0..n).step_by(8) {
+        // SAFETY: i + 8 <= n <= both lengths.
+        unsafe {
+            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        }
+    }
+    for (d, &h) in dst[n..].iter_mut().zip(&src[n..]) {
         *d = half::f16::from_bits(h).to_f32();
     }
 }
@@ -717,8 +741,9 @@ pub fn attend<T: KvElem>(
 }
 
 /// scores[h * ss + j] = scale · q[h] · k[j] for H heads and one block of keys ([hd, KEY_BLOCK]),
-/// the sums kept in registers across the head dimension: U partial sums (dimensions d ≡ u mod U)
-/// per score, so that at least 8 independent chains of multiply–adds hide their latency.
+/// the sums kept in registers across the head dimension: U partial sums per score (over
+/// dimensions d ≡ u mod U; leftover dimensions go to the first), so that at least 8 independent
+/// chains of multiply–adds hide their latency.
 #[allow(clippy::needless_range_loop)]
 fn key_scores<const H: usize, const U: usize>(scores: &mut [f32], ss: usize, q: &[f32], keys: &[f32], scale: f32) {
     let hd = keys.len() / KEY_BLOCK;
@@ -752,8 +777,8 @@ fn key_scores<const H: usize, const U: usize>(scores: &mut [f32], ss: usize, q: 
 }
 
 /// out[h] = Σ_t p[h, t] · v[t] for H heads (p: [H, ss], first n used), the outputs kept in
-/// registers (U partial sums over positions t ≡ u mod U, for at least 8 independent chains of
-/// multiply–adds) and each value row loaded once for all heads. v: [>= n, HD], taken
+/// registers (U partial sums over positions t ≡ u mod U, leftover positions in the first, for at
+/// least 8 independent chains of multiply–adds) and each value row loaded once for all heads. v: [>= n, HD], taken
 /// KEY_BLOCK rows at a time through `buf` ([KEY_BLOCK * HD]).
 #[allow(clippy::needless_range_loop)]
 fn weighted_sum<T: KvElem, const H: usize, const HD: usize, const U: usize>(
@@ -896,9 +921,20 @@ mod tests {
     #[test]
     fn attend_matches_naive_softmax_attention() {
         // (head_dim, query heads sharing the KV head, positions)
-        for (hd, g, n) in
-            [(32usize, 4usize, 150usize), (64, 2, 70), (48, 1, 129), (10, 5, 5), (64, 8, 33), (128, 3, 45)]
-        {
+        // every weighted-sum tile (heads × head_dim × partial sums) and the general path
+        for (hd, g, n) in [
+            (32usize, 4usize, 150usize),
+            (32, 2, 70),
+            (32, 1, 41),
+            (48, 4, 50),
+            (48, 2, 45),
+            (48, 1, 129),
+            (64, 2, 70),
+            (64, 1, 37),
+            (64, 8, 33),
+            (128, 3, 45),
+            (10, 5, 5),
+        ] {
             let cap = (n + 3).next_multiple_of(KEY_BLOCK);
             let ss = cap + KEY_BLOCK;
             // 4x larger q makes the softmax peaky
@@ -941,6 +977,13 @@ mod tests {
         let mut w = vec![0.0; 37];
         widen_f16(&mut w, &kb[..37]);
         assert_eq!(w, wide(&kb[..37]));
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("f16c") {
+            let mut w8 = vec![0.0; 37];
+            // SAFETY: the CPU has F16C; the lengths match.
+            unsafe { widen_f16_f16c(&mut w8, &kb[..37]) };
+            assert_eq!(w8, w);
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //!
 //! One step runs a list of rows `(cache, token)` through the model. Each row sits at the next free
 //! position of its cache; several rows of one cache (a prompt) take consecutive positions.
-//! All buffers live in [`Scratch`] and [`KvCache`], sized once: a decode step allocates nothing.
+//! All buffers live in [`Scratch`] and [`KvCache`], sized once, and a per-thread block buffer for
+//! f16 keys and values that grows once: a decode step allocates nothing.
 
 pub mod kernels;
 pub mod pool;
