@@ -1,7 +1,7 @@
 //! Choosing the next token from logits: penalties, then temperature, top-k, top-p, min-p, then a
 //! draw from the seeded RNG of the sequence (greedy when temperature is 0).
 
-use crate::model::kernels::{exp, lanes16};
+use crate::model::kernels::{exp_shifted, lanes16};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -127,10 +127,7 @@ impl Sampler {
             return argmax(w);
         }
         // Softmax at this temperature (unnormalised: mass is tracked explicitly).
-        let max = lanes16(w, f32::NEG_INFINITY, f32::max);
-        let inv_t = 1.0 / p.temperature;
-        w.iter_mut().for_each(|l| *l = exp((*l - max) * inv_t));
-        let total = lanes16(w, 0.0, |a, b| a + b);
+        let (_, total) = exp_shifted(w, 1.0 / p.temperature);
         // Candidates: min-p keeps p >= min_p * pmax (pmax is 1 here); top-p cannot keep a token
         // below (1 - top_p) / (V - 1) of the mass, so those never need sorting.
         let floor =

@@ -8,6 +8,8 @@
 
 use crate::model::kernels::rmsnorm::{row_rstd, scale_row};
 use crate::model::kernels::softmax;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use std::cell::RefCell;
 
 /// q8_0 block length: each run of 32 weights of a row shares one f32 scale.
@@ -473,22 +475,6 @@ mod avx512 {
         }
     }
 
-    /// [`super::widen_f16`], 16 values per instruction.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn widen_f16(dst: &mut [f32], src: &[u16]) {
-        let n = src.len() / LANES * LANES;
-        for i in (0..n).step_by(LANES) {
-            // SAFETY: i + 16 <= n <= both lengths.
-            unsafe {
-                let h = _mm256_loadu_si256(src.as_ptr().add(i) as *const __m256i);
-                _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_cvtph_ps(h));
-            }
-        }
-        for (d, &h) in dst[n..].iter_mut().zip(&src[n..]) {
-            *d = half::f16::from_bits(h).to_f32();
-        }
-    }
-
     /// [`super::quantize_block`] of a whole block, with the same results.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn quantize_block(x: &[f32; Q8_BLOCK], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
@@ -585,44 +571,6 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], w: &[f32], c: usize, eps: f32) {
     }
 }
 
-/// dst[i] = src[i] as f32 for f16 bit patterns `src` (same length).
-pub fn widen_f16(dst: &mut [f32], src: &[u16]) {
-    assert_eq!(dst.len(), src.len());
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F; the lengths match.
-        unsafe { avx512::widen_f16(dst, src) };
-        return;
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("f16c") {
-        // SAFETY: the CPU has F16C; the lengths match.
-        unsafe { widen_f16_f16c(dst, src) };
-        return;
-    }
-    for (d, &h) in dst.iter_mut().zip(src) {
-        *d = half::f16::from_bits(h).to_f32();
-    }
-}
-
-/// [`widen_f16`] 8 values per instruction, for CPUs without AVX-512.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "f16c")]
-unsafe fn widen_f16_f16c(dst: &mut [f32], src: &[u16]) {
-    use std::arch::x86_64::*;
-    let n = src.len() / 8 * 8;
-    for i in (0..n).step_by(8) {
-        // SAFETY: i + 8 <= n <= both lengths.
-        unsafe {
-            let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
-            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
-        }
-    }
-    for (d, &h) in dst[n..].iter_mut().zip(&src[n..]) {
-        *d = half::f16::from_bits(h).to_f32();
-    }
-}
-
 /// Rotate-half RoPE (HF convention) of every head in `x`: [n_heads * hd], pairs (i, i + hd/2).
 /// cos, sin: [hd/2] for this position.
 pub fn rope(x: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
@@ -641,7 +589,7 @@ pub fn rope(x: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
 /// of this, so every block is whole (scores past `n` are computed and ignored).
 pub const KEY_BLOCK: usize = 32;
 
-/// An element of a KV cache as stored: f32, or f16 as its bit pattern (u16).
+/// An element of a KV cache as stored: f32 or f16.
 pub trait KvElem: Copy + Send + Sync {
     fn from_f32(x: f32) -> Self;
     /// `src` as f32: itself, or widened into `buf` (at least as long).
@@ -657,13 +605,13 @@ impl KvElem for f32 {
     }
 }
 
-impl KvElem for u16 {
+impl KvElem for f16 {
     fn from_f32(x: f32) -> Self {
-        half::f16::from_f32(x).to_bits()
+        f16::from_f32(x)
     }
-    fn as_f32<'a>(src: &'a [u16], buf: &'a mut [f32]) -> &'a [f32] {
+    fn as_f32<'a>(src: &'a [f16], buf: &'a mut [f32]) -> &'a [f32] {
         let buf = &mut buf[..src.len()];
-        widen_f16(buf, src);
+        src.convert_to_f32_slice(buf); // F16C, 8 values per instruction where the CPU has it
         buf
     }
 }
@@ -963,26 +911,20 @@ mod tests {
 
     #[test]
     fn f16_attention_equals_f32_attention_on_the_same_rounded_values() {
-        let (hd, g, n) = (64usize, 4, 70usize);
-        let ss = n.next_multiple_of(KEY_BLOCK);
-        let to16 = |v: Vec<f32>| -> Vec<u16> { v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect() };
-        let (kb, v) = (to16(rand_vec(hd * ss, 8)), to16(rand_vec(ss * hd, 9)));
-        let wide = |h: &[u16]| -> Vec<f32> { h.iter().map(|&b| half::f16::from_bits(b).to_f32()).collect() };
-        let q = rand_vec(g * hd, 7);
-        let mut buf = vec![0.0; hd * KEY_BLOCK];
-        let (mut a, mut b) = (vec![0.0; g * hd], vec![0.0; g * hd]);
-        attend(&mut a, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n, &mut buf);
-        attend(&mut b, &mut vec![0.0; g * ss], ss, &q, &wide(&kb), &wide(&v), hd, n, &mut buf);
-        assert_eq!(a, b);
-        let mut w = vec![0.0; 37];
-        widen_f16(&mut w, &kb[..37]);
-        assert_eq!(w, wide(&kb[..37]));
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("f16c") {
-            let mut w8 = vec![0.0; 37];
-            // SAFETY: the CPU has F16C; the lengths match.
-            unsafe { widen_f16_f16c(&mut w8, &kb[..37]) };
-            assert_eq!(w8, w);
+        let to16 = |v: Vec<f32>| -> Vec<f16> { v.iter().map(|&x| f16::from_f32(x)).collect() };
+        let wide = |h: &[f16]| -> Vec<f32> { h.iter().map(|x| x.to_f32()).collect() };
+        // (head_dim, query heads sharing the KV head, positions): tiles, partial sums, general path
+        for (hd, g, n) in [(64usize, 4usize, 70usize), (32, 2, 45), (128, 3, 40), (10, 5, 5)] {
+            let ss = n.next_multiple_of(KEY_BLOCK);
+            let (kb, v) = (to16(rand_vec(hd * ss, 8)), to16(rand_vec(ss * hd, 9)));
+            let q = rand_vec(g * hd, 7);
+            let mut buf = vec![0.0; hd * KEY_BLOCK];
+            let (mut a, mut b) = (vec![0.0; g * hd], vec![0.0; g * hd]);
+            attend(&mut a, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n, &mut buf);
+            attend(&mut b, &mut vec![0.0; g * ss], ss, &q, &wide(&kb), &wide(&v), hd, n, &mut buf);
+            assert_eq!(a, b, "hd {hd} g {g} n {n}");
+            let mut w = vec![0.0; 37];
+            assert_eq!(<f16 as KvElem>::as_f32(&kb[..37], &mut w), wide(&kb[..37]));
         }
     }
 

@@ -89,15 +89,8 @@ impl std::str::FromStr for KvType {
 
 /// Keys and values of a cache as stored (layout on [`KvCache`]).
 enum KvData {
-    F32 {
-        k: Vec<f32>,
-        v: Vec<f32>,
-    },
-    /// f16 bit patterns.
-    F16 {
-        k: Vec<u16>,
-        v: Vec<u16>,
-    },
+    F32 { k: Vec<f32>, v: Vec<f32> },
+    F16 { k: Vec<half::f16>, v: Vec<half::f16> },
 }
 
 /// Keys and values of one sequence: k: [n_layers, n_kv_heads, stride / KEY_BLOCK, head_dim,
@@ -116,7 +109,7 @@ impl KvCache {
         let n = cfg.n_layers * cap.next_multiple_of(KEY_BLOCK) * cfg.kv_dim();
         let data = match kv {
             KvType::F32 => KvData::F32 { k: vec![0.0; n], v: vec![0.0; n] },
-            KvType::F16 => KvData::F16 { k: vec![0; n], v: vec![0; n] },
+            KvType::F16 => KvData::F16 { k: vec![half::f16::ZERO; n], v: vec![half::f16::ZERO; n] },
         };
         KvCache { data, cap, len: 0 }
     }
@@ -124,10 +117,14 @@ impl KvCache {
     fn stride(&self) -> usize {
         self.cap.next_multiple_of(KEY_BLOCK)
     }
+    /// Where KV head `h` of layer `l` starts in `k` and in `v`.
+    fn head_at(&self, cfg: &ModelConfig, l: usize, h: usize) -> usize {
+        (l * cfg.n_kv_heads + h) * cfg.head_dim * self.stride()
+    }
     /// Stores the key and value of KV head `h` of layer `l` at position `p`; k, v: [head_dim].
     fn write(&mut self, cfg: &ModelConfig, l: usize, h: usize, p: usize, k: &[f32], v: &[f32]) {
         let hd = cfg.head_dim;
-        let head = (l * cfg.n_kv_heads + h) * hd * self.stride();
+        let head = self.head_at(cfg, l, h);
         let block = head + (p / KEY_BLOCK) * hd * KEY_BLOCK + p % KEY_BLOCK;
         fn put<T: KvElem>(ks: &mut [T], vs: &mut [T], block: usize, at: usize, k: &[f32], v: &[f32]) {
             for (d, x) in k.iter().enumerate() {
@@ -412,7 +409,7 @@ impl InferModel {
                 let (i, h) = (j / nkv, j % nkv);
                 let cache = &caches[rows[i].0];
                 let n = pos[i] + 1;
-                let at = (l * nkv + h) * hd * cache.stride();
+                let at = cache.head_at(c, l, h);
                 let q = &qkv[i * qkvd + h * group * hd..][..group * hd];
                 // SAFETY: pair j alone uses att[j*group*hd..][..group*hd] and
                 // scores[j*group*ss..][..group*ss] (att holds nr*nh*hd, scores max_rows*nh*ss floats).

@@ -27,12 +27,18 @@ pub fn reduce_partials(out: &mut [f32], partials: &[f32]) {
 /// x = softmax(x · scale) in place (training and inference attention); returns the log-sum-exp
 /// of x · scale.
 pub fn softmax(x: &mut [f32], scale: f32) -> f32 {
-    let max = lanes16(x, f32::NEG_INFINITY, f32::max) * scale;
-    x.iter_mut().for_each(|v| *v = exp(*v * scale - max));
-    let sum = lanes16(x, 0.0, |a, b| a + b);
+    let (max, sum) = exp_shifted(x, scale);
     let inv = 1.0 / sum;
     x.iter_mut().for_each(|v| *v *= inv);
     max + sum.ln()
+}
+
+/// x = exp(x · scale − m) in place, m = max(x · scale): an unnormalised softmax (sampling keeps
+/// the mass itself). Returns (m, Σ x).
+pub fn exp_shifted(x: &mut [f32], scale: f32) -> (f32, f32) {
+    let max = lanes16(x, f32::NEG_INFINITY, f32::max) * scale;
+    x.iter_mut().for_each(|v| *v = exp(*v * scale - max));
+    (max, lanes16(x, 0.0, |a, b| a + b))
 }
 
 /// A reduction with 16 independent lanes (so it vectorises), then across the lanes.
