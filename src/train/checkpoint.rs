@@ -297,6 +297,20 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_streamed_write_keeps_the_old_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.gguf");
+        write_atomic(&path, b"old").unwrap();
+        let err = write_atomic_with(&path, |w| {
+            w.write_all(&[7; 100_000])?;
+            Err(std::io::Error::other("disk full"))
+        });
+        assert!(err.unwrap_err().to_string().contains("disk full"));
+        assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        assert!(!path.with_extension("tmp").exists(), "partial temp file left behind");
+    }
+
+    #[test]
     fn save_load_round_trip_and_prune() {
         let run = tempfile::tempdir().unwrap();
         for step in [10, 20, 30] {
