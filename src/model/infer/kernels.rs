@@ -9,7 +9,6 @@
 use crate::model::kernels::rmsnorm::{row_rstd, scale_row};
 use crate::model::kernels::softmax;
 use half::f16;
-use half::slice::HalfFloatSliceExt;
 use std::cell::RefCell;
 
 /// q8_0 block length: each run of 32 weights of a row shares one f32 scale.
@@ -592,16 +591,16 @@ pub const KEY_BLOCK: usize = 32;
 /// An element of a KV cache as stored: f32 or f16.
 pub trait KvElem: Copy + Send + Sync {
     fn from_f32(x: f32) -> Self;
-    /// `src` as f32: itself, or widened into `buf` (at least as long).
-    fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
+    /// Exact (f16 → f32 widening loses nothing); in vector loops F16C widens 16 at a time.
+    fn to_f32(self) -> f32;
 }
 
 impl KvElem for f32 {
     fn from_f32(x: f32) -> Self {
         x
     }
-    fn as_f32<'a>(src: &'a [f32], _: &'a mut [f32]) -> &'a [f32] {
-        src
+    fn to_f32(self) -> f32 {
+        self
     }
 }
 
@@ -609,10 +608,8 @@ impl KvElem for f16 {
     fn from_f32(x: f32) -> Self {
         f16::from_f32(x)
     }
-    fn as_f32<'a>(src: &'a [f16], buf: &'a mut [f32]) -> &'a [f32] {
-        let buf = &mut buf[..src.len()];
-        src.convert_to_f32_slice(buf); // F16C, 8 values per instruction where the CPU has it
-        buf
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
     }
 }
 
@@ -620,8 +617,8 @@ impl KvElem for f16 {
 /// `n` positions; each key is loaded once for up to 4 of them.
 /// q: [g, hd]; kb: the head's keys in blocks, [blocks, hd, KEY_BLOCK] (key t, dim d at
 /// `((t / KEY_BLOCK) * hd + d) * KEY_BLOCK + t % KEY_BLOCK`), at least n keys; v: its values,
-/// [>= n, hd]; scores: [g, ss] scratch (ss >= n rounded up to KEY_BLOCK); out: [g, hd];
-/// buf: [hd * KEY_BLOCK] scratch, where f16 keys and values are widened a block at a time.
+/// [>= n, hd]; scores: [g, ss] scratch (ss >= n rounded up to KEY_BLOCK); out: [g, hd].
+/// f16 keys and values are widened in registers as they are loaded.
 #[allow(clippy::too_many_arguments)]
 pub fn attend<T: KvElem>(
     out: &mut [f32],
@@ -632,19 +629,17 @@ pub fn attend<T: KvElem>(
     v: &[T],
     hd: usize,
     n: usize,
-    buf: &mut [f32],
 ) {
     let g = q.len() / hd;
     let scale = 1.0 / (hd as f32).sqrt();
     for (blk, keys) in kb.chunks_exact(hd * KEY_BLOCK).take(n.div_ceil(KEY_BLOCK)).enumerate() {
-        let keys = T::as_f32(keys, buf);
         for h0 in (0..g).step_by(4) {
             let (sc, q) = (&mut scores[h0 * ss + blk * KEY_BLOCK..], &q[h0 * hd..]);
             match (g - h0).min(4) {
-                4 => key_scores::<4, 1>(sc, ss, q, keys, scale),
-                3 => key_scores::<3, 2>(sc, ss, q, keys, scale),
-                2 => key_scores::<2, 2>(sc, ss, q, keys, scale),
-                _ => key_scores::<1, 4>(sc, ss, q, keys, scale),
+                4 => key_scores::<T, 4, 1>(sc, ss, q, keys, scale),
+                3 => key_scores::<T, 3, 2>(sc, ss, q, keys, scale),
+                2 => key_scores::<T, 2, 2>(sc, ss, q, keys, scale),
+                _ => key_scores::<T, 1, 4>(sc, ss, q, keys, scale),
             }
         }
     }
@@ -658,28 +653,24 @@ pub fn attend<T: KvElem>(
         let (o, sc) = (&mut out[h0 * hd..], &scores[h0 * ss..]);
         h0 += step;
         match (step, hd) {
-            (4, 32) => weighted_sum::<T, 4, 32, 1>(o, sc, ss, v, n, buf),
-            (2, 32) => weighted_sum::<T, 2, 32, 2>(o, sc, ss, v, n, buf),
-            (1, 32) => weighted_sum::<T, 1, 32, 4>(o, sc, ss, v, n, buf),
-            (4, 48) => weighted_sum::<T, 4, 48, 1>(o, sc, ss, v, n, buf),
-            (2, 48) => weighted_sum::<T, 2, 48, 2>(o, sc, ss, v, n, buf),
-            (1, 48) => weighted_sum::<T, 1, 48, 4>(o, sc, ss, v, n, buf),
-            (4, 64) => weighted_sum::<T, 4, 64, 1>(o, sc, ss, v, n, buf),
-            (2, 64) => weighted_sum::<T, 2, 64, 1>(o, sc, ss, v, n, buf),
-            (1, 64) => weighted_sum::<T, 1, 64, 2>(o, sc, ss, v, n, buf),
-            (2, 128) => weighted_sum::<T, 2, 128, 1>(o, sc, ss, v, n, buf),
-            (1, 128) => weighted_sum::<T, 1, 128, 1>(o, sc, ss, v, n, buf),
+            (4, 32) => weighted_sum::<T, 4, 32, 1>(o, sc, ss, v, n),
+            (2, 32) => weighted_sum::<T, 2, 32, 2>(o, sc, ss, v, n),
+            (1, 32) => weighted_sum::<T, 1, 32, 4>(o, sc, ss, v, n),
+            (4, 48) => weighted_sum::<T, 4, 48, 1>(o, sc, ss, v, n),
+            (2, 48) => weighted_sum::<T, 2, 48, 2>(o, sc, ss, v, n),
+            (1, 48) => weighted_sum::<T, 1, 48, 4>(o, sc, ss, v, n),
+            (4, 64) => weighted_sum::<T, 4, 64, 1>(o, sc, ss, v, n),
+            (2, 64) => weighted_sum::<T, 2, 64, 1>(o, sc, ss, v, n),
+            (1, 64) => weighted_sum::<T, 1, 64, 2>(o, sc, ss, v, n),
+            (2, 128) => weighted_sum::<T, 2, 128, 1>(o, sc, ss, v, n),
+            (1, 128) => weighted_sum::<T, 1, 128, 1>(o, sc, ss, v, n),
             _ => {
                 let o = &mut o[..step * hd];
                 o.fill(0.0);
-                for t0 in (0..n).step_by(KEY_BLOCK) {
-                    let m = (n - t0).min(KEY_BLOCK);
-                    let vc = T::as_f32(&v[t0 * hd..(t0 + m) * hd], buf);
-                    for (h, o) in o.chunks_exact_mut(hd).enumerate() {
-                        for (s, vt) in sc[h * ss + t0..][..m].iter().zip(vc.chunks_exact(hd)) {
-                            for (o, x) in o.iter_mut().zip(vt) {
-                                *o = s.mul_add(*x, *o);
-                            }
+                for (h, o) in o.chunks_exact_mut(hd).enumerate() {
+                    for (s, vt) in sc[h * ss..][..n].iter().zip(v.chunks_exact(hd)) {
+                        for (o, x) in o.iter_mut().zip(vt) {
+                            *o = s.mul_add(x.to_f32(), *o);
                         }
                     }
                 }
@@ -691,29 +682,37 @@ pub fn attend<T: KvElem>(
 /// scores[h * ss + j] = scale · q[h] · k[j] for H heads and one block of keys ([hd, KEY_BLOCK]),
 /// the sums kept in registers across the head dimension: U partial sums per score (over
 /// dimensions d ≡ u mod U; leftover dimensions go to the first), so that at least 8 independent
-/// chains of multiply–adds hide their latency.
+/// chains of multiply–adds hide their latency. The loops index only fixed-size chunks, so no bounds
+/// check sits inside them: with one there, the accumulators were stored to memory on every pass
+/// (measured: attention twice as slow).
 #[allow(clippy::needless_range_loop)]
-fn key_scores<const H: usize, const U: usize>(scores: &mut [f32], ss: usize, q: &[f32], keys: &[f32], scale: f32) {
+fn key_scores<T: KvElem, const H: usize, const U: usize>(
+    scores: &mut [f32],
+    ss: usize,
+    q: &[f32],
+    keys: &[T],
+    scale: f32,
+) {
     let hd = keys.len() / KEY_BLOCK;
     let qs: [&[f32]; H] = std::array::from_fn(|h| &q[h * hd..(h + 1) * hd]);
     let mut acc = [[[0f32; KEY_BLOCK]; H]; U];
     let whole = hd / U * U;
-    for d in (0..whole).step_by(U) {
+    let (main, rest) = keys.split_at(whole * KEY_BLOCK);
+    for (d, kd) in main.chunks_exact(U * KEY_BLOCK).enumerate() {
+        let qd: [[f32; U]; H] = std::array::from_fn(|h| qs[h][d * U..][..U].try_into().expect("U dims"));
         for u in 0..U {
-            let k = &keys[(d + u) * KEY_BLOCK..][..KEY_BLOCK];
+            let k: &[T; KEY_BLOCK] = kd[u * KEY_BLOCK..][..KEY_BLOCK].try_into().expect("a block");
             for h in 0..H {
-                let qd = qs[h][d + u];
                 for j in 0..KEY_BLOCK {
-                    acc[u][h][j] = qd.mul_add(k[j], acc[u][h][j]);
+                    acc[u][h][j] = qd[h][u].mul_add(k[j].to_f32(), acc[u][h][j]);
                 }
             }
         }
     }
-    for d in whole..hd {
-        let k = &keys[d * KEY_BLOCK..][..KEY_BLOCK];
+    for (d, k) in (whole..hd).zip(rest.chunks_exact(KEY_BLOCK)) {
         for h in 0..H {
             for j in 0..KEY_BLOCK {
-                acc[0][h][j] = qs[h][d].mul_add(k[j], acc[0][h][j]);
+                acc[0][h][j] = qs[h][d].mul_add(k[j].to_f32(), acc[0][h][j]);
             }
         }
     }
@@ -726,8 +725,8 @@ fn key_scores<const H: usize, const U: usize>(scores: &mut [f32], ss: usize, q: 
 
 /// out[h] = Σ_t p[h, t] · v[t] for H heads (p: [H, ss], first n used), the outputs kept in
 /// registers (U partial sums over positions t ≡ u mod U, leftover positions in the first, for at
-/// least 8 independent chains of multiply–adds) and each value row loaded once for all heads. v: [>= n, HD], taken
-/// KEY_BLOCK rows at a time through `buf` ([KEY_BLOCK * HD]).
+/// least 8 independent chains of multiply–adds) and each value row loaded once for all heads.
+/// v: [>= n, HD].
 #[allow(clippy::needless_range_loop)]
 fn weighted_sum<T: KvElem, const H: usize, const HD: usize, const U: usize>(
     out: &mut [f32],
@@ -735,32 +734,26 @@ fn weighted_sum<T: KvElem, const H: usize, const HD: usize, const U: usize>(
     ss: usize,
     v: &[T],
     n: usize,
-    buf: &mut [f32],
 ) {
     let ps: [&[f32]; H] = std::array::from_fn(|h| &p[h * ss..h * ss + n]);
     let mut acc = [[[0f32; HD]; H]; U];
-    for t0 in (0..n).step_by(KEY_BLOCK) {
-        let m = (n - t0).min(KEY_BLOCK);
-        let vc = T::as_f32(&v[t0 * HD..(t0 + m) * HD], buf);
-        let row = |t: usize| -> &[f32; HD] { vc[t * HD..(t + 1) * HD].try_into().expect("HD values") };
-        let whole = m / U * U;
-        for t in (0..whole).step_by(U) {
-            for u in 0..U {
-                let vt = row(t + u);
-                for h in 0..H {
-                    let s = ps[h][t0 + t + u];
-                    for i in 0..HD {
-                        acc[u][h][i] = s.mul_add(vt[i], acc[u][h][i]);
-                    }
+    let whole = n / U * U;
+    let (main, rest) = v[..n * HD].split_at(whole * HD);
+    for (t, vu) in main.chunks_exact(U * HD).enumerate() {
+        let pt: [[f32; U]; H] = std::array::from_fn(|h| ps[h][t * U..][..U].try_into().expect("U positions"));
+        for u in 0..U {
+            let vt: &[T; HD] = vu[u * HD..][..HD].try_into().expect("a value row");
+            for h in 0..H {
+                for i in 0..HD {
+                    acc[u][h][i] = pt[h][u].mul_add(vt[i].to_f32(), acc[u][h][i]);
                 }
             }
         }
-        for t in whole..m {
-            let vt = row(t);
-            for h in 0..H {
-                for i in 0..HD {
-                    acc[0][h][i] = ps[h][t0 + t].mul_add(vt[i], acc[0][h][i]);
-                }
+    }
+    for (t, vt) in (whole..n).zip(rest.chunks_exact(HD)) {
+        for h in 0..H {
+            for i in 0..HD {
+                acc[0][h][i] = ps[h][t].mul_add(vt[i].to_f32(), acc[0][h][i]);
             }
         }
     }
@@ -890,7 +883,7 @@ mod tests {
             let (kb, v) = (rand_vec(hd * cap, 8), rand_vec(cap * hd, 9));
             let key = |t: usize, d: usize| kb[((t / KEY_BLOCK) * hd + d) * KEY_BLOCK + t % KEY_BLOCK] as f64;
             let mut out = vec![0.0; g * hd];
-            attend(&mut out, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n, &mut vec![0.0; hd * KEY_BLOCK]);
+            attend(&mut out, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n);
             for h in 0..g {
                 let s: Vec<f64> = (0..n)
                     .map(|t| {
@@ -918,13 +911,10 @@ mod tests {
             let ss = n.next_multiple_of(KEY_BLOCK);
             let (kb, v) = (to16(rand_vec(hd * ss, 8)), to16(rand_vec(ss * hd, 9)));
             let q = rand_vec(g * hd, 7);
-            let mut buf = vec![0.0; hd * KEY_BLOCK];
             let (mut a, mut b) = (vec![0.0; g * hd], vec![0.0; g * hd]);
-            attend(&mut a, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n, &mut buf);
-            attend(&mut b, &mut vec![0.0; g * ss], ss, &q, &wide(&kb), &wide(&v), hd, n, &mut buf);
+            attend(&mut a, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n);
+            attend(&mut b, &mut vec![0.0; g * ss], ss, &q, &wide(&kb), &wide(&v), hd, n);
             assert_eq!(a, b, "hd {hd} g {g} n {n}");
-            let mut w = vec![0.0; 37];
-            assert_eq!(<f16 as KvElem>::as_f32(&kb[..37], &mut w), wide(&kb[..37]));
         }
     }
 

@@ -4,8 +4,7 @@
 //!
 //! One step runs a list of rows `(cache, token)` through the model. Each row sits at the next free
 //! position of its cache; several rows of one cache (a prompt) take consecutive positions.
-//! All buffers live in [`Scratch`] and [`KvCache`], sized once, and a per-thread block buffer for
-//! f16 keys and values that grows once: a decode step allocates nothing.
+//! All buffers live in [`Scratch`] and [`KvCache`], sized once: a decode step allocates nothing.
 
 pub mod kernels;
 pub mod pool;
@@ -16,7 +15,6 @@ use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
 pub use kernels::Quant;
 use kernels::{KEY_BLOCK, KvElem, Matrix, OutPtr, attend, matmul, rmsnorm, rope};
-use std::cell::RefCell;
 use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +44,6 @@ struct Layer {
     /// gate and up projections stacked: [2*ffn, dim].
     w13: Matrix,
     w_down: Matrix,
-}
-
-thread_local! {
-    /// The calling thread's block of keys or values widened from f16.
-    static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// A model ready for inference.
@@ -416,13 +409,10 @@ impl InferModel {
                 let (out, sc) =
                     unsafe { (att.slice(j * group * hd, group * hd), scores.slice(j * group * ss, group * ss)) };
                 let (nk, nv) = (n.next_multiple_of(KEY_BLOCK) * hd, n * hd);
-                WIDE.with_borrow_mut(|buf| {
-                    buf.resize(hd * KEY_BLOCK, 0.0);
-                    match &cache.data {
-                        KvData::F32 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, buf),
-                        KvData::F16 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, buf),
-                    }
-                });
+                match &cache.data {
+                    KvData::F32 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n),
+                    KvData::F16 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n),
+                }
             }
         });
     }
