@@ -2,6 +2,7 @@
 //!
 //! Reading order follows the data: `tokenizer` → `data` → `model` → `train` → `generate` → `export`.
 
+pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod data;

@@ -2,6 +2,7 @@
 
 pub mod data;
 pub mod decode;
+pub mod memory;
 pub mod train;
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`), or 0 where unknown.
