@@ -2,7 +2,6 @@
 //!
 //! Reading order follows the data: `tokenizer` → `data` → `model` → `train` → `generate` → `export`.
 
-pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod data;

@@ -1,7 +1,8 @@
 //! `shoucuo bench memory`: how fast this machine reads a buffer of a given size with N threads —
 //! the yardstick for `bench decode`'s `decode_gb_per_s` (small buffers come from cache, large ones
-//! from DRAM).
+//! from DRAM). The buffer starts on a cache line, as the model's weights and KV caches do.
 
+use crate::model::infer::aligned::Aligned;
 use crate::model::infer::pool;
 use anyhow::Context;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
@@ -25,11 +26,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(t) = a.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("setting --threads")?;
     }
-    let threads = rayon::current_num_threads();
+    let threads = pool::pool().threads();
     eprintln!("bench memory: {threads} threads, best of {} passes", a.passes);
     let mut rates = Vec::new();
     for &mib in &a.mib {
-        let buf = vec![1.0f32; mib << 18];
+        let mut buf = Aligned::<f32>::zeroed(mib * (1 << 20) / size_of::<f32>());
+        buf.fill(1.0);
         let best = (0..a.passes)
             .map(|_| {
                 let t = Instant::now();

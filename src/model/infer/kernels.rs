@@ -6,6 +6,7 @@
 //! whatever the number of rows in the batch, so a sequence decoded alone or inside a batch gets
 //! bit-identical logits.
 
+use super::aligned::Aligned;
 use crate::model::kernels::rmsnorm::{row_rstd, scale_row};
 use crate::model::kernels::softmax;
 use half::f16;
@@ -42,12 +43,12 @@ const LANES: usize = 16;
 /// register, so no horizontal sums are needed and the same loads serve every input row.
 enum Data {
     /// Column by column: element (n, j) at `((n / 16) * k + j) * 16 + n % 16`.
-    F32(Vec<f32>),
+    F32(Aligned<f32>),
     /// `q`: the int8 value + 128 (so unsigned, the operand type of the int8 dot-product
     /// instruction), over `k` padded to whole blocks, in groups of 4 columns: element (n, j) at
     /// `((n / 16) * kp + j / 4 * 4) * 16 + (n % 16) * 4 + j % 4`; each 64-byte group holds 4
     /// consecutive weights of 16 rows. `scales`: one f32 per (row, block), `[panel, block, 16]`.
-    Q8 { q: Vec<u8>, scales: Vec<f32> },
+    Q8 { q: Aligned<u8>, scales: Vec<f32> },
 }
 
 /// A weight matrix W: [rows, cols] (PyTorch `[out, in]`), applied as y = x @ W^T.
@@ -108,7 +109,7 @@ impl Matrix {
         let panels = rows.div_ceil(LANES);
         let data = match quant {
             Quant::F32 => {
-                let mut p = vec![0f32; panels * cols * LANES];
+                let mut p = Aligned::zeroed(panels * cols * LANES);
                 for (n, row) in w.chunks_exact(cols).enumerate() {
                     for (j, &v) in row.iter().enumerate() {
                         p[((n / LANES) * cols + j) * LANES + n % LANES] = v;
@@ -119,7 +120,8 @@ impl Matrix {
             Quant::Q8 => {
                 let nbk = cols.div_ceil(Q8_BLOCK);
                 let kp = nbk * Q8_BLOCK;
-                let mut q = vec![128u8; panels * kp * LANES];
+                let mut q = Aligned::zeroed(panels * kp * LANES);
+                q.fill(128);
                 let mut scales = vec![0f32; panels * nbk * LANES];
                 let mut qb = [0i8; Q8_BLOCK];
                 for (n, row) in w.chunks_exact(cols).enumerate() {
@@ -591,7 +593,9 @@ pub const KEY_BLOCK: usize = 32;
 /// An element of a KV cache as stored: f32 or f16.
 pub trait KvElem: Copy + Send + Sync {
     fn from_f32(x: f32) -> Self;
-    /// Exact (f16 → f32 widening loses nothing); in vector loops F16C widens 16 at a time.
+    /// Exact (f16 → f32 widening loses nothing); in vector loops F16C widens 16 at a time (the
+    /// build targets the native CPU, `.cargo/config.toml`; without F16C enabled at compile time
+    /// `half` converts one value at a time).
     fn to_f32(self) -> f32;
 }
 
@@ -631,6 +635,11 @@ pub fn attend<T: KvElem>(
     n: usize,
 ) {
     let g = q.len() / hd;
+    assert!(
+        kb.len() >= n.div_ceil(KEY_BLOCK) * hd * KEY_BLOCK && v.len() >= n * hd,
+        "attention over {n} positions needs whole key blocks and {n} value rows"
+    );
+    assert!(ss >= n.next_multiple_of(KEY_BLOCK) && scores.len() >= g * ss && out.len() >= g * hd);
     let scale = 1.0 / (hd as f32).sqrt();
     for (blk, keys) in kb.chunks_exact(hd * KEY_BLOCK).take(n.div_ceil(KEY_BLOCK)).enumerate() {
         for h0 in (0..g).step_by(4) {
@@ -682,8 +691,8 @@ pub fn attend<T: KvElem>(
 /// scores[h * ss + j] = scale · q[h] · k[j] for H heads and one block of keys ([hd, KEY_BLOCK]),
 /// the sums kept in registers across the head dimension: U partial sums per score (over
 /// dimensions d ≡ u mod U; leftover dimensions go to the first), so that at least 8 independent
-/// chains of multiply–adds hide their latency. The loops index only fixed-size chunks, so no bounds
-/// check sits inside them: with one there, the accumulators were stored to memory on every pass
+/// chains of multiply–adds hide their latency. The main loop indexes only fixed-size chunks, so no
+/// bounds check sits inside it: with one there, the accumulators were stored to memory on every pass
 /// (measured: attention twice as slow).
 #[allow(clippy::needless_range_loop)]
 fn key_scores<T: KvElem, const H: usize, const U: usize>(
@@ -874,6 +883,8 @@ mod tests {
             (64, 1, 37),
             (64, 8, 33),
             (128, 3, 45),
+            (9, 3, 33),
+            (11, 2, 40),
             (10, 5, 5),
         ] {
             let cap = (n + 3).next_multiple_of(KEY_BLOCK);
@@ -907,7 +918,7 @@ mod tests {
         let to16 = |v: Vec<f32>| -> Vec<f16> { v.iter().map(|&x| f16::from_f32(x)).collect() };
         let wide = |h: &[f16]| -> Vec<f32> { h.iter().map(|x| x.to_f32()).collect() };
         // (head_dim, query heads sharing the KV head, positions): tiles, partial sums, general path
-        for (hd, g, n) in [(64usize, 4usize, 70usize), (32, 2, 45), (128, 3, 40), (10, 5, 5)] {
+        for (hd, g, n) in [(64usize, 4usize, 70usize), (32, 2, 45), (128, 3, 40), (11, 2, 40), (9, 3, 33), (10, 5, 5)] {
             let ss = n.next_multiple_of(KEY_BLOCK);
             let (kb, v) = (to16(rand_vec(hd * ss, 8)), to16(rand_vec(ss * hd, 9)));
             let q = rand_vec(g * hd, 7);

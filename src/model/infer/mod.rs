@@ -4,8 +4,10 @@
 //!
 //! One step runs a list of rows `(cache, token)` through the model. Each row sits at the next free
 //! position of its cache; several rows of one cache (a prompt) take consecutive positions.
-//! All buffers live in [`Scratch`] and [`KvCache`], sized once: a decode step allocates nothing.
+//! All buffers live in [`Scratch`] and [`KvCache`], sized once (plus the per-thread quantized rows
+//! of q8 products, which grow once): a decode step allocates nothing.
 
+pub mod aligned;
 pub mod kernels;
 pub mod pool;
 
@@ -13,6 +15,7 @@ use crate::model::config::ModelConfig;
 use crate::model::kernels::silu;
 use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
+use aligned::Aligned;
 pub use kernels::Quant;
 use kernels::{KEY_BLOCK, KvElem, Matrix, OutPtr, attend, matmul, rmsnorm, rope};
 use std::path::Path;
@@ -82,8 +85,8 @@ impl std::str::FromStr for KvType {
 
 /// Keys and values of a cache as stored (layout on [`KvCache`]).
 enum KvData {
-    F32 { k: Vec<f32>, v: Vec<f32> },
-    F16 { k: Vec<half::f16>, v: Vec<half::f16> },
+    F32 { k: Aligned<f32>, v: Aligned<f32> },
+    F16 { k: Aligned<half::f16>, v: Aligned<half::f16> },
 }
 
 /// Keys and values of one sequence: k: [n_layers, n_kv_heads, stride / KEY_BLOCK, head_dim,
@@ -101,8 +104,8 @@ impl KvCache {
         let cap = cap.min(cfg.max_seq_len);
         let n = cfg.n_layers * cap.next_multiple_of(KEY_BLOCK) * cfg.kv_dim();
         let data = match kv {
-            KvType::F32 => KvData::F32 { k: vec![0.0; n], v: vec![0.0; n] },
-            KvType::F16 => KvData::F16 { k: vec![half::f16::ZERO; n], v: vec![half::f16::ZERO; n] },
+            KvType::F32 => KvData::F32 { k: Aligned::zeroed(n), v: Aligned::zeroed(n) },
+            KvType::F16 => KvData::F16 { k: Aligned::zeroed(n), v: Aligned::zeroed(n) },
         };
         KvCache { data, cap, len: 0 }
     }
