@@ -109,7 +109,7 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(vocab: usize) -> Self {
-        Sampler { work: vec![0.0; vocab], idx: Vec::with_capacity(vocab) }
+        Sampler { work: vec![0.0; vocab], idx: vec![0; vocab] }
     }
 
     /// Picks the next token of a sequence from its logits [vocab].
@@ -132,33 +132,32 @@ impl Sampler {
         // below (1 - top_p) / (V - 1) of the mass, so those never need sorting.
         let floor =
             (p.min_p).max(if p.top_p < 1.0 { (1.0 - p.top_p) / (w.len() - 1).max(1) as f32 * total } else { 0.0 });
-        // Branch-free compaction: whether a token passes the floor is unpredictable.
-        self.idx.resize(w.len(), 0);
+        // Branch-free compaction: whether a token passes the floor is unpredictable. `idx` is
+        // [vocab] from the start, so nothing is cleared or grown per token.
+        let idx = &mut self.idx[..w.len()];
         let mut n = 0;
         for (i, &x) in w.iter().enumerate() {
-            self.idx[n] = i as u32;
+            idx[n] = i as u32;
             n += usize::from(x >= floor);
         }
-        self.idx.truncate(n);
         let by_prob = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]);
-        if p.top_k > 0 && p.top_k < self.idx.len() {
-            self.idx.select_nth_unstable_by(p.top_k - 1, by_prob);
-            self.idx.truncate(p.top_k);
+        if p.top_k > 0 && p.top_k < n {
+            idx[..n].select_nth_unstable_by(p.top_k - 1, by_prob);
+            n = p.top_k;
         }
-        let mut mass: f32 = self.idx.iter().map(|&i| w[i as usize]).sum();
         if p.top_p < 1.0 {
-            let keep = top_p_cut(&mut self.idx, w, p.top_p * total);
-            self.idx.truncate(keep);
-            mass = self.idx.iter().map(|&i| w[i as usize]).sum();
+            n = top_p_cut(&mut idx[..n], w, p.top_p * total);
         }
+        let cand = &idx[..n];
+        let mass: f32 = cand.iter().map(|&i| w[i as usize]).sum();
         let mut r = seq.rng.random::<f32>() * mass;
-        for &i in &self.idx {
+        for &i in cand {
             r -= w[i as usize];
             if r <= 0.0 {
                 return i;
             }
         }
-        self.idx.last().copied().unwrap_or_else(|| argmax(w))
+        cand.last().copied().unwrap_or_else(|| argmax(w))
     }
 }
 
