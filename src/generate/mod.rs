@@ -13,6 +13,7 @@ use crate::model::infer::{InferError, InferModel, KvCache, Scratch};
 use crate::tokenizer::Tok;
 pub use sampling::{Sampler, SamplingParams, SeqSampler};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -83,6 +84,7 @@ pub fn generate(
     let mut out: Vec<Option<Generation>> = vec![None; prompts.len()];
     let mut next = 0;
     let mut rows: Vec<(usize, u32)> = Vec::with_capacity(b);
+    let drawn: Vec<AtomicU32> = (0..b).map(|_| AtomicU32::new(0)).collect();
     loop {
         for (si, slot) in slots.iter_mut().enumerate() {
             while slot.is_none() && next < prompts.len() {
@@ -91,9 +93,9 @@ pub fn generate(
                 let cache = &mut caches[si];
                 cache.clear();
                 let logits = model.prefill(&mut scratch, cache, prompt)?;
-                let mut live =
-                    Live { index: i, seq: SeqSampler::new(p, i as u64, cfg.vocab_size, prompt), tokens: vec![] };
-                let t = samplers[0].get_mut().unwrap_or_else(|e| e.into_inner()).sample(logits, p, &mut live.seq);
+                let seq = SeqSampler::new(p, i as u64, cfg.vocab_size, prompt);
+                let mut live = Live { index: i, seq: Mutex::new(seq), tokens: vec![] };
+                let t = lock(&mut samplers[0]).sample(logits, p, lock(&mut live.seq));
                 match live.push(t, p, tok, cache.len(), cap, on_token) {
                     Some(g) => out[i] = Some(g),
                     None => *slot = Some(live),
@@ -106,8 +108,9 @@ pub fn generate(
             break;
         }
         let logits = model.decode(&mut scratch, &mut caches, &rows)?;
-        let drawn = sample_rows(&mut slots, &samplers, logits, cfg.vocab_size, p);
-        for (&(si, _), t) in rows.iter().zip(drawn) {
+        sample_rows(&slots, &samplers, logits, cfg.vocab_size, p, &drawn[..rows.len()]);
+        for (&(si, _), t) in rows.iter().zip(&drawn) {
+            let t = t.load(Relaxed);
             let Some(live) = slots[si].as_mut() else { continue };
             if let Some(g) = live.push(t, p, tok, caches[si].len(), cap, on_token) {
                 out[live.index] = Some(g);
@@ -118,35 +121,44 @@ pub fn generate(
     Ok(out.into_iter().flatten().collect())
 }
 
-/// The next token of every live slot (in slot order, as the rows of `logits`: [live, vocab]),
-/// drawn on the inference pool, task t with sampler t taking every nt-th row: sampling a row
-/// (softmax, top-p) can cost as much as a small model's share of the step, and each row has its
-/// own RNG stream, so the order does not matter.
+/// The next token of every live slot into `drawn` (in slot order, as the rows of `logits`:
+/// [live, vocab]), drawn on the inference pool, task t with sampler t taking every nt-th row:
+/// sampling a row (softmax, top-p) can cost as much as a small model's share of the step, and each
+/// row has its own RNG stream, so the order does not matter. Allocates nothing.
 fn sample_rows(
-    slots: &mut [Option<Live>],
+    slots: &[Option<Live>],
     samplers: &[Mutex<Sampler>],
     logits: &[f32],
     vocab: usize,
     p: &SamplingParams,
-) -> Vec<u32> {
-    let jobs: Vec<Mutex<(&mut SeqSampler, u32)>> =
-        slots.iter_mut().filter_map(|s| s.as_mut().map(|l| Mutex::new((&mut l.seq, 0)))).collect();
-    assert_eq!(logits.len(), jobs.len() * vocab, "one row of logits per live sequence");
-    let nt = samplers.len().min(jobs.len());
+    drawn: &[AtomicU32],
+) {
+    let live = drawn.len();
+    assert!(
+        logits.len() == live * vocab && slots.iter().flatten().count() == live,
+        "one row of logits per live sequence"
+    );
+    let nt = samplers.len().min(live);
     pool().run(nt, |t| {
         let mut sampler = samplers[t].lock().unwrap_or_else(|e| e.into_inner());
-        for j in (t..jobs.len()).step_by(nt) {
-            let mut job = jobs[j].lock().unwrap_or_else(|e| e.into_inner());
-            job.1 = sampler.sample(&logits[j * vocab..(j + 1) * vocab], p, job.0);
+        for (j, l) in slots.iter().flatten().enumerate().skip(t).step_by(nt) {
+            let mut seq = l.seq.lock().unwrap_or_else(|e| e.into_inner());
+            drawn[j].store(sampler.sample(&logits[j * vocab..(j + 1) * vocab], p, &mut seq), Relaxed);
         }
     });
-    jobs.into_iter().map(|j| j.into_inner().unwrap_or_else(|e| e.into_inner()).1).collect()
+}
+
+/// The value in a mutex this thread holds alone (a poisoned one is still usable: the samplers
+/// keep no invariant across a panic).
+fn lock<T>(m: &mut Mutex<T>) -> &mut T {
+    m.get_mut().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A sequence in flight.
 struct Live {
     index: usize,
-    seq: SeqSampler,
+    /// Locked only while the pool draws the sequence's token ([`sample_rows`]).
+    seq: Mutex<SeqSampler>,
     tokens: Vec<u32>,
 }
 
@@ -174,7 +186,7 @@ impl Live {
             return done(&mut self.tokens, Finish::StopToken);
         }
         self.tokens.push(t);
-        self.seq.accept(t);
+        lock(&mut self.seq).accept(t);
         on_token(self.index, t);
         if !p.stop_strings.is_empty() {
             let text = tok.decode(&self.tokens);
