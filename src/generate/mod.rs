@@ -94,7 +94,8 @@ pub fn generate(
                 cache.clear();
                 let logits = model.prefill(&mut scratch, cache, prompt)?;
                 let seq = SeqSampler::new(p, i as u64, cfg.vocab_size, prompt);
-                let mut live = Live { index: i, seq: Mutex::new(seq), tokens: vec![] };
+                let scan = (!p.stop_strings.is_empty()).then(|| StopScan::new(tok, &p.stop_strings));
+                let mut live = Live { index: i, seq: Mutex::new(seq), tokens: vec![], scan };
                 let t = lock(&mut samplers[0]).sample(logits, p, lock(&mut live.seq));
                 match live.push(t, p, tok, cache.len(), cap, on_token) {
                     Some(g) => out[i] = Some(g),
@@ -155,14 +156,16 @@ fn lock<T>(m: &mut Mutex<T>) -> &mut T {
 }
 
 /// A sequence in flight.
-struct Live {
+struct Live<'a> {
     index: usize,
     /// Locked only while the pool draws the sequence's token ([`sample_rows`]).
     seq: Mutex<SeqSampler>,
     tokens: Vec<u32>,
+    /// Watches the text for stop strings (when there are any).
+    scan: Option<StopScan<'a>>,
 }
 
-impl Live {
+impl Live<'_> {
     fn last(&self) -> u32 {
         self.tokens.last().copied().unwrap_or(0)
     }
@@ -188,11 +191,8 @@ impl Live {
         self.tokens.push(t);
         lock(&mut self.seq).accept(t);
         on_token(self.index, t);
-        if !p.stop_strings.is_empty() {
-            let text = tok.decode(&self.tokens);
-            if p.stop_strings.iter().any(|s| text.contains(s.as_str())) {
-                return done(&mut self.tokens, Finish::StopString);
-            }
+        if self.scan.as_mut().is_some_and(|scan| scan.push(t).1) {
+            return done(&mut self.tokens, Finish::StopString);
         }
         if self.tokens.len() >= p.max_new_tokens {
             return done(&mut self.tokens, Finish::Length);
@@ -212,53 +212,149 @@ pub fn cut_at_stop(mut text: String, stops: &[String]) -> String {
     text
 }
 
+/// Finds stop strings in the text of a growing token sequence without decoding all of it again
+/// for every token: the tokenizer's stream decoder gives each token's new text (holding back an
+/// incomplete UTF-8 character), and only a tail that could still begin a stop string is kept.
+pub struct StopScan<'a> {
+    stream: tokenizers::DecodeStream<
+        'a,
+        tokenizers::ModelWrapper,
+        tokenizers::NormalizerWrapper,
+        tokenizers::PreTokenizerWrapper,
+        tokenizers::PostProcessorWrapper,
+        tokenizers::DecoderWrapper,
+    >,
+    stops: &'a [String],
+    /// Decoded text not yet passed on: the longest suffix that is a proper prefix of a stop string.
+    held: String,
+    stopped: bool,
+}
+
+impl<'a> StopScan<'a> {
+    pub fn new(tok: &'a Tok, stops: &'a [String]) -> Self {
+        StopScan { stream: tok.inner.decode_stream(false), stops, held: String::new(), stopped: false }
+    }
+
+    /// Adds a token; returns the text that now surely precedes any stop string, and whether a
+    /// stop string has been reached (then the text runs up to it, and later tokens add nothing).
+    /// A token the stream decoder cannot place adds no text (the final full decode still has it).
+    pub fn push(&mut self, t: u32) -> (String, bool) {
+        if self.stopped {
+            return (String::new(), true);
+        }
+        if let Ok(Some(piece)) = self.stream.step(t) {
+            self.held.push_str(&piece);
+        }
+        let held = &self.held;
+        if let Some(at) = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| held.find(s.as_str())).min() {
+            self.stopped = true;
+            let text = self.held[..at].to_string();
+            self.held.clear();
+            return (text, true);
+        }
+        let keep = self
+            .stops
+            .iter()
+            .filter_map(|s| (1..s.len()).rev().find(|&k| s.is_char_boundary(k) && held.ends_with(&s[..k])))
+            .max()
+            .unwrap_or(0);
+        let text = self.held.drain(..held.len() - keep).collect();
+        (text, false)
+    }
+}
+
 /// Turns a stream of tokens into printable text pieces: holds back an incomplete UTF-8 character
 /// and anything that could still become a stop string.
 pub struct TextStream<'a> {
     tok: &'a Tok,
     stops: &'a [String],
+    scan: StopScan<'a>,
     tokens: Vec<u32>,
     printed: usize,
 }
 
 impl<'a> TextStream<'a> {
     pub fn new(tok: &'a Tok, stops: &'a [String]) -> Self {
-        TextStream { tok, stops, tokens: vec![], printed: 0 }
+        TextStream { tok, stops, scan: StopScan::new(tok, stops), tokens: vec![], printed: 0 }
     }
 
     /// Adds a token; returns the text that is now safe to print.
     pub fn push(&mut self, t: u32) -> String {
         self.tokens.push(t);
-        let text = cut_at_stop(self.tok.decode(&self.tokens), self.stops);
-        let mut end = text.len();
-        if text.ends_with('\u{FFFD}') {
-            end = text.trim_end_matches('\u{FFFD}').len();
-        }
-        // Hold back a suffix that is a prefix of some stop string.
-        for s in self.stops {
-            for k in (1..s.len()).rev() {
-                if s.is_char_boundary(k) && text[..end].ends_with(&s[..k]) {
-                    end -= k;
-                    break;
-                }
-            }
-        }
-        self.take(&text, end)
+        let (piece, _) = self.scan.push(t);
+        self.printed += piece.len();
+        piece
     }
 
-    /// The rest of the text once the sequence is done.
+    /// The rest of the text once the sequence is done (decoded in full once, cut at a stop string).
     pub fn finish(&mut self) -> String {
         let text = cut_at_stop(self.tok.decode(&self.tokens), self.stops);
-        let end = text.len();
-        self.take(&text, end)
+        let rest = text.get(self.printed..).unwrap_or_default().to_string();
+        self.printed = text.len().max(self.printed);
+        rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn tok() -> Tok {
+        Tok::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tok_small")).unwrap()
     }
 
-    fn take(&mut self, text: &str, end: usize) -> String {
-        if end <= self.printed || !text.is_char_boundary(self.printed) || !text.is_char_boundary(end) {
-            return String::new();
+    /// Token sequences: Chinese text (multi-byte characters, some split over tokens) and random
+    /// ids (byte tokens that form invalid or incomplete UTF-8, special tokens).
+    fn sequences(tok: &Tok) -> Vec<Vec<u32>> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let vocab = tok.vocab_size() as u32;
+        let mut seqs = vec![tok.encode("汤姆和杰瑞是好朋友，他们一起去公园玩。<|im_end|>然后……“你好！”")];
+        seqs.extend((0..40).map(|_| (0..60).map(|_| rng.random_range(0..vocab)).collect::<Vec<u32>>()));
+        seqs
+    }
+
+    /// Stop strings taken from the text: 1 to 3 characters from a random place (so they span
+    /// tokens and split characters), sometimes with a second stop that never occurs. U+FFFD is
+    /// left out: the full decode shows an incomplete last character as U+FFFD, which the scan
+    /// (rightly) waits to see completed.
+    fn stops_for(text: &str, rng: &mut impl Rng) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        let starts: Vec<usize> = (0..chars.len()).filter(|&i| chars[i] != '\u{FFFD}').collect();
+        let at = starts[rng.random_range(0..starts.len())];
+        let len = rng.random_range(1..=3);
+        let stop: String = chars[at..].iter().take(len).take_while(|&&c| c != '\u{FFFD}').collect();
+        if rng.random_bool(0.5) { vec!["never".into(), stop] } else { vec![stop] }
+    }
+
+    #[test]
+    fn stop_scan_stops_at_the_token_where_the_full_text_first_holds_a_stop_string() {
+        let tok = tok();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let mut stopped = 0;
+        for seq in sequences(&tok) {
+            let stops = stops_for(&tok.decode(&seq), &mut rng);
+            let want = (0..seq.len()).find(|&k| stops.iter().any(|s| tok.decode(&seq[..=k]).contains(s.as_str())));
+            let mut scan = StopScan::new(&tok, &stops);
+            let got = seq.iter().position(|&t| scan.push(t).1);
+            assert_eq!(got, want, "stops {stops:?} in {:?}", tok.decode(&seq));
+            stopped += got.is_some() as usize;
         }
-        let piece = text[self.printed..end].to_string();
-        self.printed = end;
-        piece
+        assert!(stopped > 30, "only {stopped} sequences reached their stop string");
+    }
+
+    #[test]
+    fn text_stream_prints_the_full_decode_cut_at_the_first_stop_string() {
+        let tok = tok();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(6);
+        for seq in sequences(&tok) {
+            let text = tok.decode(&seq);
+            for stops in [vec![], stops_for(&text, &mut rng)] {
+                let mut ts = TextStream::new(&tok, &stops);
+                let mut printed: String = seq.iter().map(|&t| ts.push(t)).collect();
+                printed += &ts.finish();
+                assert_eq!(printed, cut_at_stop(text.clone(), &stops), "stops {stops:?}");
+            }
+        }
     }
 }
