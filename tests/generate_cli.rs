@@ -118,6 +118,8 @@ fn bad_input_gives_clear_errors() {
     let long = vec!["w5"; 40].join(" ");
     let r = shoucuo(&["generate", "--model", m, "--prompt", &long], "");
     assert!(!r.status.success() && text(&r.stderr).contains("context window"), "{}", text(&r.stderr));
+    let r = shoucuo(&["generate", "--model", m, "--prompt", "w5", "--stop", ""], "");
+    assert!(!r.status.success() && text(&r.stderr).contains("stop string is empty"), "{}", text(&r.stderr));
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\": \"w5\"}\n{\"text\": 1}\n").unwrap();
     let out = dir.path().join("o.jsonl");

@@ -61,7 +61,8 @@ impl SamplingParams {
         bad(self.top_p > 0.0 && self.top_p <= 1.0, "top-p must be in (0, 1]")?;
         bad((0.0..1.0).contains(&self.min_p), "min-p must be in [0, 1)")?;
         bad(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite(), "repetition-penalty must be > 0")?;
-        bad(self.frequency_penalty.is_finite(), "frequency-penalty must be finite")
+        bad(self.frequency_penalty.is_finite(), "frequency-penalty must be finite")?;
+        bad(self.stop_strings.iter().all(|s| !s.is_empty()), "a stop string is empty; every --stop needs some text")
     }
 }
 
