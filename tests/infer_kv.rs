@@ -238,3 +238,43 @@ fn mismatched_params_or_missing_dir_are_errors() {
     let err = InferModel::from_dir(dir.path(), Quant::Q8).err().unwrap().to_string();
     assert!(err.contains("shape") && err.contains("mlp"), "{err}");
 }
+
+/// Decode steps of many sequences (split over the pool's threads by rows where it has several)
+/// give bit-identical logits to decoding each sequence alone, for f32 and q8 weights; a bad row
+/// fails the whole step before any cache changes.
+#[test]
+fn many_sequence_decode_equals_one_at_a_time_and_errors_change_nothing() {
+    let c = cfg(true);
+    for q in [Quant::F32, Quant::Q8] {
+        let m = InferModel::new(&c, &params(&c, 4), q).unwrap();
+        let (n, steps) = (7, 6);
+        let mut s = Scratch::new(&m, 16);
+        let mut batch: Vec<KvCache> = (0..n).map(|_| KvCache::new(&c, c.max_seq_len, KvType::F16)).collect();
+        let mut alone: Vec<KvCache> = (0..n).map(|_| KvCache::new(&c, c.max_seq_len, KvType::F16)).collect();
+        for (i, (b, a)) in batch.iter_mut().zip(&mut alone).enumerate() {
+            let prompt = &TOKS[i..i + 1 + i % 4]; // ragged lengths
+            m.prefill(&mut s, b, prompt).unwrap();
+            m.prefill(&mut s, a, prompt).unwrap();
+        }
+        for step in 0..steps {
+            let rows: Vec<(usize, u32)> = (0..n).map(|i| (i, TOKS[(i * 3 + step) % TOKS.len()])).collect();
+            let got = m.decode(&mut s, &mut batch, &rows).unwrap().to_vec();
+            for (i, &(_, tok)) in rows.iter().enumerate() {
+                let want = m.decode(&mut s, std::slice::from_mut(&mut alone[i]), &[(0, tok)]).unwrap();
+                assert_eq!(&got[i * c.vocab_size..(i + 1) * c.vocab_size], want, "{q:?} step {step} sequence {i}");
+            }
+        }
+        let lens: Vec<usize> = batch.iter().map(|k| k.len()).collect();
+        let mut rows: Vec<(usize, u32)> = (0..n).map(|i| (i, 1)).collect();
+        rows[5].1 = 999;
+        let err = m.decode(&mut s, &mut batch, &rows).unwrap_err();
+        assert!(matches!(err, InferError::BadToken { id: 999, .. }), "{err}");
+        let mut full = KvCache::new(&c, 4, KvType::F16);
+        m.prefill(&mut s, &mut full, &TOKS[..4]).unwrap();
+        batch[6] = full;
+        let err = m.decode(&mut s, &mut batch, &(0..n).map(|i| (i, 1)).collect::<Vec<_>>()).unwrap_err();
+        assert!(matches!(err, InferError::ContextFull { need: 5, cap: 4 }), "{err}");
+        assert_eq!(batch[..6].iter().map(|k| k.len()).collect::<Vec<_>>(), lens[..6], "no cache moved");
+        assert_eq!(batch[6].len(), 4);
+    }
+}

@@ -254,7 +254,7 @@ fn for_panels(out: &mut [f32], w: &Matrix, nb: usize, f: impl Fn(OutPtr, usize, 
     let macs = nb * w.rows * w.cols;
     let pool = super::pool::pool();
     let nt = pool.threads();
-    if nt == 1 || macs < PAR_MIN_MACS {
+    if pool.serial() || macs < PAR_MIN_MACS {
         f(ptr, 0, panels);
         return;
     }

@@ -30,6 +30,11 @@ pub struct Pool {
     caller: Mutex<u64>,
 }
 
+thread_local! {
+    /// Set while the thread runs tasks of the pool (always, on its workers).
+    static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// How long an idle worker spins before it sleeps.
 const SPIN: Duration = Duration::from_micros(300);
 
@@ -59,12 +64,19 @@ impl Pool {
         self.threads
     }
 
-    /// Runs `f(0..n)` across the pool and returns when all tasks are done.
+    /// Whether the calling thread should run its work alone: a pool of one thread, or a call
+    /// from inside a task of this pool (whose other threads are busy with the same job).
+    pub fn serial(&self) -> bool {
+        self.threads == 1 || IN_TASK.get()
+    }
+
+    /// Runs `f(0..n)` across the pool and returns when all tasks are done. Called from inside a
+    /// task, it runs the tasks in order on the calling thread.
     pub fn run(&self, n: usize, f: impl Fn(usize) + Sync) {
         if n == 0 {
             return;
         }
-        if self.threads == 1 || n == 1 {
+        if self.serial() || n == 1 {
             (0..n).for_each(f);
             return;
         }
@@ -80,10 +92,12 @@ impl Pool {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
+        IN_TASK.set(true);
         while let Some(t) = claim(s) {
             f(t);
             s.done.fetch_add(1, Release);
         }
+        IN_TASK.set(false);
         // A worker still on a claimed task: spin, but give the core away if it was descheduled.
         let mut spins = 0u32;
         while s.done.load(Acquire) < n {
@@ -112,6 +126,7 @@ fn claim(s: &Shared) -> Option<usize> {
 }
 
 fn worker(s: &'static Shared) {
+    IN_TASK.set(true);
     let mut seen = s.claim.load(Acquire);
     loop {
         // Wait for a new job: spin, then sleep.
@@ -156,5 +171,20 @@ mod tests {
             }
             assert!(hits.iter().all(|h| h.load(Relaxed) == 50));
         }
+    }
+
+    #[test]
+    fn a_job_started_inside_a_task_runs_on_that_thread() {
+        let p = Pool::new(2);
+        let hits: Vec<AtomicUsize> = (0..12).map(|_| AtomicUsize::new(0)).collect();
+        p.run(3, |t| {
+            let me = std::thread::current().id();
+            p.run(4, |u| {
+                assert_eq!(std::thread::current().id(), me);
+                hits[t * 4 + u].fetch_add(1, Relaxed);
+            });
+        });
+        assert!(hits.iter().all(|h| h.load(Relaxed) == 1));
+        assert!(!p.serial(), "the caller is outside any task again");
     }
 }
