@@ -1,5 +1,5 @@
 //! Scores a model directory on a token shard through the inference path: mean negative
-//! log-likelihood per token and greedy agreement with the f32 reference, for f32 and f16 KV caches
+//! log-likelihood per token and greedy agreement with the f32 reference, for f32, f16 and q8 KV caches
 //! and f32 and q8 weights (the accuracy figures in docs/inference.md).
 //!
 //!   cargo run --release --example score -- runs/quickstart/model/step-001200 runs/quickstart/data/val_000.bin
@@ -17,7 +17,9 @@ fn main() -> anyhow::Result<()> {
     let bytes = std::fs::read(&args[1])?;
     let toks: Vec<u32> = bytes.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]]) as u32).collect();
     let mut reference: Option<Vec<u32>> = None;
-    for (quant, kv) in [(Quant::F32, KvType::F32), (Quant::F32, KvType::F16), (Quant::Q8, KvType::F32)] {
+    let runs =
+        [(Quant::F32, KvType::F32), (Quant::F32, KvType::F16), (Quant::F32, KvType::Q8), (Quant::Q8, KvType::F32)];
+    for (quant, kv) in runs {
         let m = InferModel::from_dir(Path::new(&args[0]), quant)?;
         let (t, v) = (m.cfg.max_seq_len, m.cfg.vocab_size);
         let mut s = Scratch::new(&m, t);

@@ -77,6 +77,12 @@ fn generate_prompt_stream_and_jsonl() {
     // the word-level decoder joins words with spaces, the stream concatenates pieces: compare words
     let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>().concat();
     assert_eq!(words(&text(&plain.stdout)), words(&text(&streamed.stdout)));
+    for kv in ["f32", "q8"] {
+        let r = shoucuo(&[&base[..], &["--kv-cache", kv]].concat(), "");
+        assert!(r.status.success() && text(&r.stdout).starts_with("w5 w6"), "{kv}: {}", text(&r.stderr));
+    }
+    let r = shoucuo(&[&base[..], &["--kv-cache", "q4"]].concat(), "");
+    assert!(!r.status.success() && text(&r.stderr).contains("use f16, f32 or q8"), "{}", text(&r.stderr));
 
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "{\"prompt\": \"w7\", \"id\": 7}\n\n{\"id\": 8, \"prompt\": \"w8 w9 w10\"}\n").unwrap();

@@ -25,7 +25,7 @@ pub struct Args {
     /// New tokens per sequence.
     #[arg(long = "gen", default_value_t = 256)]
     pub new_tokens: usize,
-    /// KV cache storage: f16 or f32.
+    /// KV cache storage: f16, q8 or f32.
     #[arg(long, default_value = "f16")]
     pub kv_cache: KvType,
     /// Worker threads (default: all cores).

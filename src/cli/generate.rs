@@ -40,7 +40,8 @@ pub struct RunArgs {
     /// Weight format: f32, or q8 (int8 with one scale per 32 weights; ~4x less memory traffic).
     #[arg(long, default_value = "f32")]
     pub quant: Quant,
-    /// KV cache storage: f16 (half the memory traffic of attention) or f32 (exact).
+    /// KV cache storage: f16 (half the memory traffic of attention), q8 (int8 with one scale per
+    /// key or value vector: about half of f16's) or f32 (exact).
     #[arg(long, default_value = "f16")]
     pub kv_cache: KvType,
     /// Worker threads (default: all cores).

@@ -18,6 +18,7 @@ pub unsafe trait Zeroable: Copy {}
 // SAFETY: plain numbers; all-zero bits are 0.
 unsafe impl Zeroable for f32 {}
 unsafe impl Zeroable for u8 {}
+unsafe impl Zeroable for i8 {}
 unsafe impl Zeroable for half::f16 {}
 
 /// `len` values of `T`, zeroed, starting on a cache line.

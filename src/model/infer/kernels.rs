@@ -590,9 +590,8 @@ pub fn rope(x: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
 /// of this, so every block is whole (scores past `n` are computed and ignored).
 pub const KEY_BLOCK: usize = 32;
 
-/// An element of a KV cache as stored: f32 or f16.
+/// An element of a KV cache as stored: f32, f16, or i8 (q8, scaled per position).
 pub trait KvElem: Copy + Send + Sync {
-    fn from_f32(x: f32) -> Self;
     /// Exact (f16 → f32 widening loses nothing); in vector loops F16C widens 16 at a time (the
     /// build targets the native CPU, `.cargo/config.toml`; without F16C enabled at compile time
     /// `half` converts one value at a time).
@@ -600,18 +599,18 @@ pub trait KvElem: Copy + Send + Sync {
 }
 
 impl KvElem for f32 {
-    fn from_f32(x: f32) -> Self {
-        x
-    }
     fn to_f32(self) -> f32 {
         self
     }
 }
 
-impl KvElem for f16 {
-    fn from_f32(x: f32) -> Self {
-        f16::from_f32(x)
+impl KvElem for i8 {
+    fn to_f32(self) -> f32 {
+        self as f32
     }
+}
+
+impl KvElem for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
@@ -634,6 +633,24 @@ pub fn attend<T: KvElem>(
     hd: usize,
     n: usize,
 ) {
+    attend_scaled(out, scores, ss, q, kb, v, hd, n, None)
+}
+
+/// [`attend`] over int8 keys and values with one scale per position (`scales`: keys', values',
+/// [>= n] each): each raw score is multiplied by its key's scale, each softmax weight by its
+/// value's scale.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_scaled<T: KvElem>(
+    out: &mut [f32],
+    scores: &mut [f32],
+    ss: usize,
+    q: &[f32],
+    kb: &[T],
+    v: &[T],
+    hd: usize,
+    n: usize,
+    scales: Option<(&[f32], &[f32])>,
+) {
     let g = q.len() / hd;
     assert!(
         kb.len() >= n.div_ceil(KEY_BLOCK) * hd * KEY_BLOCK && v.len() >= n * hd,
@@ -653,7 +670,14 @@ pub fn attend<T: KvElem>(
         }
     }
     for sc in scores.chunks_mut(ss).take(g) {
-        softmax(&mut sc[..n], 1.0); // the scores are already scaled
+        let sc = &mut sc[..n];
+        if let Some((ks, _)) = scales {
+            sc.iter_mut().zip(ks).for_each(|(s, k)| *s *= k);
+        }
+        softmax(sc, 1.0); // the scores are already scaled by 1/√hd
+        if let Some((_, vs)) = scales {
+            sc.iter_mut().zip(vs).for_each(|(s, v)| *s *= v);
+        }
     }
     let most = if hd > 64 { 2 } else { 4 };
     let mut h0 = 0;
@@ -926,6 +950,26 @@ mod tests {
             attend(&mut a, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n);
             attend(&mut b, &mut vec![0.0; g * ss], ss, &q, &wide(&kb), &wide(&v), hd, n);
             assert_eq!(a, b, "hd {hd} g {g} n {n}");
+        }
+    }
+
+    #[test]
+    fn scaled_int8_attention_equals_f32_attention_on_the_dequantized_values() {
+        let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(12);
+        for (hd, g, n) in [(64usize, 4usize, 70usize), (32, 2, 45), (128, 3, 40), (11, 2, 40), (10, 5, 5)] {
+            let ss = n.next_multiple_of(KEY_BLOCK);
+            let (k8, v8): (Vec<i8>, Vec<i8>) = (0..hd * ss).map(|_| (r.random::<i8>(), r.random::<i8>())).unzip();
+            let (ks, vs): (Vec<f32>, Vec<f32>) =
+                (0..ss).map(|_| (r.random::<f32>() / 64.0, r.random::<f32>() / 64.0)).unzip();
+            let kf: Vec<f32> =
+                (0..hd * ss).map(|i| k8[i] as f32 * ks[(i / (hd * KEY_BLOCK)) * KEY_BLOCK + i % KEY_BLOCK]).collect();
+            let vf: Vec<f32> = (0..hd * ss).map(|i| v8[i] as f32 * vs[i / hd]).collect();
+            let q = rand_vec(g * hd, 7);
+            let (mut a, mut b) = (vec![0.0; g * hd], vec![0.0; g * hd]);
+            attend_scaled(&mut a, &mut vec![0.0; g * ss], ss, &q, &k8, &v8, hd, n, Some((&ks, &vs)));
+            attend(&mut b, &mut vec![0.0; g * ss], ss, &q, &kf, &vf, hd, n);
+            let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+            assert!(worst < 1e-5, "hd {hd} g {g} n {n}: max |diff| {worst}");
         }
     }
 

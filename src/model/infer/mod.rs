@@ -16,8 +16,9 @@ use crate::model::kernels::silu;
 use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
 use aligned::Aligned;
+use half::f16;
 pub use kernels::Quant;
-use kernels::{KEY_BLOCK, KvElem, Matrix, OutPtr, attend, matmul, rmsnorm, rope};
+use kernels::{KEY_BLOCK, Matrix, OutPtr, attend, attend_scaled, matmul, rmsnorm, rope};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -67,12 +68,14 @@ pub struct InferModel {
     sin: Vec<f32>,
 }
 
-/// How a KV cache stores keys and values: f32, or f16 (half the memory traffic of attention,
-/// which dominates a batched decode step at long contexts; llama.cpp's default).
+/// How a KV cache stores keys and values: f32, f16 (half the memory traffic of attention,
+/// which dominates a batched decode step at long contexts; llama.cpp's default), or q8 (int8 with
+/// one f32 scale per key or value vector of a head: a quarter of f32's bytes, plus the scales).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvType {
     F32,
     F16,
+    Q8,
 }
 
 impl std::str::FromStr for KvType {
@@ -81,15 +84,29 @@ impl std::str::FromStr for KvType {
         match s {
             "f32" => Ok(KvType::F32),
             "f16" => Ok(KvType::F16),
-            _ => Err(format!("unknown KV cache type `{s}`; use f16 or f32")),
+            "q8" => Ok(KvType::Q8),
+            _ => Err(format!("unknown KV cache type `{s}`; use f16, f32 or q8")),
         }
     }
 }
 
 /// Keys and values of a cache as stored (layout on [`KvCache`]).
 enum KvData {
-    F32 { k: Aligned<f32>, v: Aligned<f32> },
-    F16 { k: Aligned<half::f16>, v: Aligned<half::f16> },
+    F32 {
+        k: Aligned<f32>,
+        v: Aligned<f32>,
+    },
+    F16 {
+        k: Aligned<half::f16>,
+        v: Aligned<half::f16>,
+    },
+    /// Scales: [n_layers, n_kv_heads, stride], one per position of a head, for keys and values.
+    Q8 {
+        k: Aligned<i8>,
+        v: Aligned<i8>,
+        ks: Aligned<f32>,
+        vs: Aligned<f32>,
+    },
 }
 
 /// Keys and values of one sequence: k: [n_layers, n_kv_heads, stride / KEY_BLOCK, head_dim,
@@ -109,6 +126,15 @@ impl KvCache {
         let data = match kv {
             KvType::F32 => KvData::F32 { k: Aligned::zeroed(n), v: Aligned::zeroed(n) },
             KvType::F16 => KvData::F16 { k: Aligned::zeroed(n), v: Aligned::zeroed(n) },
+            KvType::Q8 => {
+                let ns = n / cfg.head_dim;
+                KvData::Q8 {
+                    k: Aligned::zeroed(n),
+                    v: Aligned::zeroed(n),
+                    ks: Aligned::zeroed(ns),
+                    vs: Aligned::zeroed(ns),
+                }
+            }
         };
         KvCache { data, cap, len: 0 }
     }
@@ -125,15 +151,31 @@ impl KvCache {
         let hd = cfg.head_dim;
         let head = self.head_at(cfg, l, h);
         let block = head + (p / KEY_BLOCK) * hd * KEY_BLOCK + p % KEY_BLOCK;
-        fn put<T: KvElem>(ks: &mut [T], vs: &mut [T], block: usize, at: usize, k: &[f32], v: &[f32]) {
-            for (d, x) in k.iter().enumerate() {
-                ks[block + d * KEY_BLOCK] = T::from_f32(*x);
+        fn put<T>(
+            ks: &mut [T],
+            vs: &mut [T],
+            block: usize,
+            at: usize,
+            k: impl Iterator<Item = T>,
+            v: impl Iterator<Item = T>,
+        ) {
+            for (d, x) in k.enumerate() {
+                ks[block + d * KEY_BLOCK] = x;
             }
-            vs[at..at + v.len()].iter_mut().zip(v).for_each(|(o, x)| *o = T::from_f32(*x));
+            vs[at..].iter_mut().zip(v).for_each(|(o, x)| *o = x);
         }
+        let at = head + p * hd;
         match &mut self.data {
-            KvData::F32 { k: ks, v: vs } => put(ks, vs, block, head + p * hd, k, v),
-            KvData::F16 { k: ks, v: vs } => put(ks, vs, block, head + p * hd, k, v),
+            KvData::F32 { k: ks, v: vs } => put(ks, vs, block, at, k.iter().copied(), v.iter().copied()),
+            KvData::F16 { k: ks, v: vs } => {
+                put(ks, vs, block, at, k.iter().map(|&x| f16::from_f32(x)), v.iter().map(|&x| f16::from_f32(x)))
+            }
+            KvData::Q8 { k: kq, v: vq, ks, vs } => {
+                let ((dk, ik), (dv, iv)) = (q8_scale(k), q8_scale(v));
+                (ks[head / hd + p], vs[head / hd + p]) = (dk, dv);
+                let q = |inv: f32| move |&x: &f32| (x * inv).round() as i8;
+                put(kq, vq, block, at, k.iter().map(q(ik)), v.iter().map(q(iv)));
+            }
         }
     }
     /// Positions filled so far (the position of the next token).
@@ -176,6 +218,12 @@ fn cache_size(s: &str) -> Option<usize> {
         _ => return None,
     };
     n.parse::<usize>().ok().map(|n| n << shift)
+}
+
+/// The q8 scale of a vector (its largest |value| / 127) and its inverse (0 for an all-zero vector).
+fn q8_scale(x: &[f32]) -> (f32, f32) {
+    let d = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
 }
 
 /// Rows per thread from which a decode step is split over the threads ([`InferModel::decode`]).
@@ -561,6 +609,11 @@ impl InferModel {
                 match &cache.data {
                     KvData::F32 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n),
                     KvData::F16 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n),
+                    KvData::Q8 { k, v, ks, vs } => {
+                        let sat = at / hd;
+                        let scales = Some((&ks[sat..sat + n], &vs[sat..sat + n]));
+                        attend_scaled(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, scales)
+                    }
                 }
             }
         });
