@@ -621,26 +621,11 @@ impl KvElem for f16 {
 /// q: [g, hd]; kb: the head's keys in blocks, [blocks, hd, KEY_BLOCK] (key t, dim d at
 /// `((t / KEY_BLOCK) * hd + d) * KEY_BLOCK + t % KEY_BLOCK`), at least n keys; v: its values,
 /// [>= n, hd]; scores: [g, ss] scratch (ss >= n rounded up to KEY_BLOCK); out: [g, hd].
-/// f16 keys and values are widened in registers as they are loaded.
+/// f16 keys and values are widened in registers as they are loaded. `scales` (q8 caches: int8
+/// keys and values with one scale per position, keys' and values', [>= n] each): each raw score
+/// is multiplied by its key's scale, each softmax weight by its value's scale.
 #[allow(clippy::too_many_arguments)]
 pub fn attend<T: KvElem>(
-    out: &mut [f32],
-    scores: &mut [f32],
-    ss: usize,
-    q: &[f32],
-    kb: &[T],
-    v: &[T],
-    hd: usize,
-    n: usize,
-) {
-    attend_scaled(out, scores, ss, q, kb, v, hd, n, None)
-}
-
-/// [`attend`] over int8 keys and values with one scale per position (`scales`: keys', values',
-/// [>= n] each): each raw score is multiplied by its key's scale, each softmax weight by its
-/// value's scale.
-#[allow(clippy::too_many_arguments)]
-pub fn attend_scaled<T: KvElem>(
     out: &mut [f32],
     scores: &mut [f32],
     ss: usize,
@@ -918,7 +903,7 @@ mod tests {
             let (kb, v) = (rand_vec(hd * cap, 8), rand_vec(cap * hd, 9));
             let key = |t: usize, d: usize| kb[((t / KEY_BLOCK) * hd + d) * KEY_BLOCK + t % KEY_BLOCK] as f64;
             let mut out = vec![0.0; g * hd];
-            attend(&mut out, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n);
+            attend(&mut out, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n, None);
             for h in 0..g {
                 let s: Vec<f64> = (0..n)
                     .map(|t| {
@@ -947,8 +932,8 @@ mod tests {
             let (kb, v) = (to16(rand_vec(hd * ss, 8)), to16(rand_vec(ss * hd, 9)));
             let q = rand_vec(g * hd, 7);
             let (mut a, mut b) = (vec![0.0; g * hd], vec![0.0; g * hd]);
-            attend(&mut a, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n);
-            attend(&mut b, &mut vec![0.0; g * ss], ss, &q, &wide(&kb), &wide(&v), hd, n);
+            attend(&mut a, &mut vec![0.0; g * ss], ss, &q, &kb, &v, hd, n, None);
+            attend(&mut b, &mut vec![0.0; g * ss], ss, &q, &wide(&kb), &wide(&v), hd, n, None);
             assert_eq!(a, b, "hd {hd} g {g} n {n}");
         }
     }
@@ -966,8 +951,8 @@ mod tests {
             let vf: Vec<f32> = (0..hd * ss).map(|i| v8[i] as f32 * vs[i / hd]).collect();
             let q = rand_vec(g * hd, 7);
             let (mut a, mut b) = (vec![0.0; g * hd], vec![0.0; g * hd]);
-            attend_scaled(&mut a, &mut vec![0.0; g * ss], ss, &q, &k8, &v8, hd, n, Some((&ks, &vs)));
-            attend(&mut b, &mut vec![0.0; g * ss], ss, &q, &kf, &vf, hd, n);
+            attend(&mut a, &mut vec![0.0; g * ss], ss, &q, &k8, &v8, hd, n, Some((&ks, &vs)));
+            attend(&mut b, &mut vec![0.0; g * ss], ss, &q, &kf, &vf, hd, n, None);
             let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
             assert!(worst < 1e-5, "hd {hd} g {g} n {n}: max |diff| {worst}");
         }

@@ -18,7 +18,7 @@ use crate::model::weights::{ModelDirError, load_model_dir};
 use aligned::Aligned;
 use half::f16;
 pub use kernels::Quant;
-use kernels::{KEY_BLOCK, Matrix, OutPtr, attend, attend_scaled, matmul, rmsnorm, rope};
+use kernels::{KEY_BLOCK, Matrix, OutPtr, attend, matmul, rmsnorm, rope};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -607,12 +607,12 @@ impl InferModel {
                     unsafe { (att.slice(j * group * hd, group * hd), scores.slice(j * group * ss, group * ss)) };
                 let (nk, nv) = (n.next_multiple_of(KEY_BLOCK) * hd, n * hd);
                 match &cache.data {
-                    KvData::F32 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n),
-                    KvData::F16 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n),
+                    KvData::F32 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, None),
+                    KvData::F16 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, None),
                     KvData::Q8 { k, v, ks, vs } => {
                         let sat = at / hd;
                         let scales = Some((&ks[sat..sat + n], &vs[sat..sat + n]));
-                        attend_scaled(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, scales)
+                        attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, scales)
                     }
                 }
             }
