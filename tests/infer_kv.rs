@@ -247,7 +247,8 @@ fn many_sequence_decode_equals_one_at_a_time_and_errors_change_nothing() {
     let c = cfg(true);
     for q in [Quant::F32, Quant::Q8] {
         let m = InferModel::new(&c, &params(&c, 4), q).unwrap();
-        let (n, steps) = (7, 6);
+        // at least 2 rows per pool thread, so the step is split wherever there are threads
+        let (n, steps) = ((2 * shoucuo::model::infer::pool::pool().threads() + 1).clamp(7, 16), 6);
         let mut s = Scratch::new(&m, 16);
         let mut batch: Vec<KvCache> = (0..n).map(|_| KvCache::new(&c, c.max_seq_len, KvType::F16)).collect();
         let mut alone: Vec<KvCache> = (0..n).map(|_| KvCache::new(&c, c.max_seq_len, KvType::F16)).collect();
@@ -266,16 +267,16 @@ fn many_sequence_decode_equals_one_at_a_time_and_errors_change_nothing() {
         }
         let lens: Vec<usize> = batch.iter().map(|k| k.len()).collect();
         let mut rows: Vec<(usize, u32)> = (0..n).map(|i| (i, 1)).collect();
-        rows[5].1 = 999;
+        rows[n - 2].1 = 999;
         let err = m.decode(&mut s, &mut batch, &rows).unwrap_err();
         assert!(matches!(err, InferError::BadToken { id: 999, .. }), "{err}");
         let mut full = KvCache::new(&c, 4, KvType::F16);
         m.prefill(&mut s, &mut full, &TOKS[..4]).unwrap();
-        batch[6] = full;
+        batch[n - 1] = full;
         let err = m.decode(&mut s, &mut batch, &(0..n).map(|i| (i, 1)).collect::<Vec<_>>()).unwrap_err();
         assert!(matches!(err, InferError::ContextFull { need: 5, cap: 4 }), "{err}");
-        assert_eq!(batch[..6].iter().map(|k| k.len()).collect::<Vec<_>>(), lens[..6], "no cache moved");
-        assert_eq!(batch[6].len(), 4);
+        assert_eq!(batch[..n - 1].iter().map(|k| k.len()).collect::<Vec<_>>(), lens[..n - 1], "no cache moved");
+        assert_eq!(batch[n - 1].len(), 4);
     }
 }
 

@@ -85,7 +85,7 @@ fn quantize_block(v: &[f32], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
 
 /// 1/d, or 0 for a zero scale or one so small (amax below ~1e-36) that 1/d overflows: such a
 /// block quantizes to zeros.
-fn inverse_scale(d: f32) -> f32 {
+pub(crate) fn inverse_scale(d: f32) -> f32 {
     let inv = 1.0 / d;
     if d > 0.0 && inv.is_finite() { inv } else { 0.0 }
 }
@@ -642,6 +642,7 @@ pub fn attend<T: KvElem>(
         "attention over {n} positions needs whole key blocks and {n} value rows"
     );
     assert!(ss >= n.next_multiple_of(KEY_BLOCK) && scores.len() >= g * ss && out.len() >= g * hd);
+    assert!(scales.is_none_or(|(ks, vs)| ks.len() >= n && vs.len() >= n), "a scale per position");
     let scale = 1.0 / (hd as f32).sqrt();
     for (blk, keys) in kb.chunks_exact(hd * KEY_BLOCK).take(n.div_ceil(KEY_BLOCK)).enumerate() {
         for h0 in (0..g).step_by(4) {

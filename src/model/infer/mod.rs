@@ -220,10 +220,11 @@ fn cache_size(s: &str) -> Option<usize> {
     n.parse::<usize>().ok().map(|n| n << shift)
 }
 
-/// The q8 scale of a vector (its largest |value| / 127) and its inverse (0 for an all-zero vector).
+/// The q8 scale of a vector (its largest |value| / 127) and its inverse (0 where 1/scale does not
+/// exist or overflows: the vector stores zeros).
 fn q8_scale(x: &[f32]) -> (f32, f32) {
     let d = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-    (d, if d > 0.0 { 1.0 / d } else { 0.0 })
+    (d, kernels::inverse_scale(d))
 }
 
 /// Rows per thread from which a decode step is split over the threads ([`InferModel::decode`]).
@@ -274,7 +275,7 @@ impl Scratch {
     pub fn new(m: &InferModel, max_rows: usize) -> Self {
         let nt = pool::pool().threads();
         let mut s = Self::part(m, max_rows, true);
-        if nt > 1 {
+        if nt > 1 && m.split {
             let rows = max_rows.div_ceil(nt);
             s.parts = (0..nt)
                 .map(|_| Mutex::new(Part { scratch: Self::part(m, rows, false), rows: Vec::with_capacity(rows) }))
@@ -458,18 +459,21 @@ impl InferModel {
         }
     }
 
-    /// The errors a step of distinct-cache rows would give, before anything changes.
+    /// The errors a step of distinct-cache rows would give (in the order `step` finds them),
+    /// before anything changes.
     fn check(&self, caches: &[KvCache], rows: &[(usize, u32)]) -> Result<(), InferError> {
         for &(ci, tok) in rows {
             if tok as usize >= self.cfg.vocab_size {
                 return Err(InferError::BadToken { id: tok, vocab: self.cfg.vocab_size });
             }
-            let c = caches.get(ci).ok_or(InferError::NoSuchCache { index: ci, len: caches.len() })?;
-            if c.len >= c.cap {
-                return Err(InferError::ContextFull { need: c.len + 1, cap: c.cap });
+            if ci >= caches.len() {
+                return Err(InferError::NoSuchCache { index: ci, len: caches.len() });
             }
         }
-        Ok(())
+        match rows.iter().map(|r| &caches[r.0]).find(|c| c.len >= c.cap) {
+            Some(c) => Err(InferError::ContextFull { need: c.len + 1, cap: c.cap }),
+            None => Ok(()),
+        }
     }
 
     /// Runs `rows` through the model and returns the logits of the rows picked by `which`:

@@ -31,8 +31,23 @@ pub struct Pool {
 }
 
 thread_local! {
-    /// Set while the thread runs tasks of the pool (always, on its workers).
+    /// Set while the thread runs tasks of a pool (always, on the workers).
     static IN_TASK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Marks the calling thread as running tasks until dropped (also when a task panics).
+struct InTask(bool);
+
+impl InTask {
+    fn enter() -> Self {
+        InTask(IN_TASK.replace(true))
+    }
+}
+
+impl Drop for InTask {
+    fn drop(&mut self) {
+        IN_TASK.set(self.0);
+    }
 }
 
 /// How long an idle worker spins before it sleeps.
@@ -92,12 +107,12 @@ impl Pool {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        IN_TASK.set(true);
+        let _in_task = InTask::enter();
         while let Some(t) = claim(s) {
             f(t);
             s.done.fetch_add(1, Release);
         }
-        IN_TASK.set(false);
+        drop(_in_task);
         // A worker still on a claimed task: spin, but give the core away if it was descheduled.
         let mut spins = 0u32;
         while s.done.load(Acquire) < n {
