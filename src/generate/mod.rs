@@ -216,7 +216,10 @@ pub fn cut_at_stop(mut text: String, stops: &[String]) -> String {
 /// for every token: each token's new text is read off a decode of a few tokens around it (the
 /// earlier ones give the context that decoders such as SentencePiece's need), and only a tail that
 /// could still begin a stop string is kept. Where that short decode does not extend its context's
-/// text (a decoder that rewrites earlier text), the whole sequence is decoded for that token.
+/// text (a decoder that rewrites earlier text, e.g. a replacement across tokens after fusing
+/// them), the new text is read off a decode of the whole sequence instead; text already passed on
+/// cannot be rewritten, so for such decoders the scan is approximate (byte-level BPE and
+/// SentencePiece decoders never rewrite), while the finished text is cut from one full decode.
 pub struct StopScan<'a> {
     tok: &'a Tok,
     stops: &'a [String],
