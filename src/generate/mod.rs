@@ -191,7 +191,7 @@ impl Live<'_> {
         self.tokens.push(t);
         lock(&mut self.seq).accept(t);
         on_token(self.index, t);
-        if self.scan.as_mut().is_some_and(|scan| scan.push(t).1) {
+        if self.scan.as_mut().is_some_and(|scan| scan.push(&self.tokens, None)) {
             return done(&mut self.tokens, Finish::StopString);
         }
         if self.tokens.len() >= p.max_new_tokens {
@@ -223,7 +223,6 @@ pub fn cut_at_stop(mut text: String, stops: &[String]) -> String {
 pub struct StopScan<'a> {
     tok: &'a Tok,
     stops: &'a [String],
-    ids: Vec<u32>,
     /// Tokens whose text has been taken (`ids[..done]`), and that text's length in bytes.
     done: usize,
     taken: usize,
@@ -237,49 +236,56 @@ const CONTEXT: usize = 4;
 
 impl<'a> StopScan<'a> {
     pub fn new(tok: &'a Tok, stops: &'a [String]) -> Self {
-        StopScan { tok, stops, ids: vec![], done: 0, taken: 0, held: String::new(), stopped: false }
+        StopScan { tok, stops, done: 0, taken: 0, held: String::new(), stopped: false }
     }
 
-    /// Adds a token; returns the text that now surely precedes any stop string, and whether a
-    /// stop string has been reached (then the text runs up to it, and later tokens add nothing).
-    pub fn push(&mut self, t: u32) -> (String, bool) {
+    /// Reads the text of the sequence so far, `ids` (one token more than at the last call);
+    /// moves the text that now surely precedes any stop string to `out` (or drops it), and
+    /// returns whether a stop string has been reached (then the text runs up to it, and later
+    /// calls add nothing).
+    pub fn push(&mut self, ids: &[u32], out: Option<&mut String>) -> bool {
         if self.stopped {
-            return (String::new(), true);
+            return true;
         }
-        self.ids.push(t);
-        let new = self.untaken_text();
+        let before = self.held.len();
+        self.append_untaken(ids);
         // An incomplete UTF-8 character at the end waits for its next bytes, but the text before
         // it may already hold a stop string.
-        let whole = !new.ends_with('\u{FFFD}');
-        let seen = format!("{}{}", self.held, new.trim_end_matches('\u{FFFD}'));
-        if let Some(at) = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| seen.find(s.as_str())).min() {
+        let whole = !self.held[before..].ends_with('\u{FFFD}');
+        let seen = &self.held[..self.held.trim_end_matches('\u{FFFD}').len()];
+        let stop = self.stops.iter().filter(|s| !s.is_empty()).filter_map(|s| seen.find(s.as_str())).min();
+        let pass = if let Some(at) = stop {
             self.stopped = true;
-            self.held.clear();
-            return (seen[..at].to_string(), true);
+            at
+        } else if !whole {
+            self.held.truncate(before);
+            return false;
+        } else {
+            (self.done, self.taken) = (ids.len(), self.taken + self.held.len() - before);
+            let held = &self.held;
+            let keep = self
+                .stops
+                .iter()
+                .filter_map(|s| (1..s.len()).rev().find(|&k| s.is_char_boundary(k) && held.ends_with(&s[..k])))
+                .max()
+                .unwrap_or(0);
+            held.len() - keep
+        };
+        if let Some(out) = out {
+            out.push_str(&self.held[..pass]);
         }
-        if !whole {
-            return (String::new(), false);
-        }
-        (self.done, self.taken) = (self.ids.len(), self.taken + new.len());
-        self.held = seen;
-        let held = &self.held;
-        let keep = self
-            .stops
-            .iter()
-            .filter_map(|s| (1..s.len()).rev().find(|&k| s.is_char_boundary(k) && held.ends_with(&s[..k])))
-            .max()
-            .unwrap_or(0);
-        (self.held.drain(..held.len() - keep).collect(), false)
+        self.held.drain(..pass);
+        self.stopped
     }
 
-    /// The text of `ids[done..]` as it continues the text taken so far.
-    fn untaken_text(&self) -> String {
+    /// Appends to `held` the text of `ids[done..]` as it continues the text taken so far.
+    fn append_untaken(&mut self, ids: &[u32]) {
         let from = self.done.saturating_sub(CONTEXT);
-        let context = self.tok.decode(&self.ids[from..self.done]);
-        let text = self.tok.decode(&self.ids[from..]);
+        let context = self.tok.decode(&ids[from..self.done]);
+        let text = self.tok.decode(&ids[from..]);
         match text.strip_prefix(context.as_str()) {
-            Some(new) => new.to_string(),
-            None => self.tok.decode(&self.ids).get(self.taken..).unwrap_or_default().to_string(),
+            Some(new) => self.held.push_str(new),
+            None => self.held.push_str(self.tok.decode(ids).get(self.taken..).unwrap_or_default()),
         }
     }
 }
@@ -302,7 +308,8 @@ impl<'a> TextStream<'a> {
     /// Adds a token; returns the text that is now safe to print.
     pub fn push(&mut self, t: u32) -> String {
         self.tokens.push(t);
-        let (piece, _) = self.scan.push(t);
+        let mut piece = String::new();
+        self.scan.push(&self.tokens, Some(&mut piece));
         self.printed += piece.len();
         piece
     }
@@ -358,7 +365,7 @@ mod tests {
             for stops in [stops_for(&tok.decode(&seq), &mut rng), vec![" ".into()]] {
                 let want = (0..seq.len()).find(|&k| stops.iter().any(|s| tok.decode(&seq[..=k]).contains(s.as_str())));
                 let mut scan = StopScan::new(&tok, &stops);
-                let got = seq.iter().position(|&t| scan.push(t).1);
+                let got = (0..seq.len()).position(|k| scan.push(&seq[..=k], None));
                 assert_eq!(got, want, "stops {stops:?} in {:?}", tok.decode(&seq));
                 stopped += got.is_some() as usize;
             }

@@ -107,12 +107,12 @@ impl Pool {
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
-        let _in_task = InTask::enter();
+        let in_task = InTask::enter();
         while let Some(t) = claim(s) {
             f(t);
             s.done.fetch_add(1, Release);
         }
-        drop(_in_task);
+        drop(in_task);
         // A worker still on a claimed task: spin, but give the core away if it was descheduled.
         let mut spins = 0u32;
         while s.done.load(Acquire) < n {
