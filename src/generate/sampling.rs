@@ -129,37 +129,109 @@ impl Sampler {
         }
         // Softmax at this temperature (unnormalised: mass is tracked explicitly).
         let (_, total) = exp_shifted(w, 1.0 / p.temperature);
-        // Candidates: min-p keeps p >= min_p * pmax (pmax is 1 here); top-p cannot keep a token
-        // below (1 - top_p) / (V - 1) of the mass, so those never need sorting.
-        let floor =
-            (p.min_p).max(if p.top_p < 1.0 { (1.0 - p.top_p) / (w.len() - 1).max(1) as f32 * total } else { 0.0 });
-        // Branch-free compaction: whether a token passes the floor is unpredictable. `idx` is
-        // [vocab] from the start, so nothing is cleared or grown per token.
-        let idx = &mut self.idx[..w.len()];
-        let mut n = 0;
-        for (i, &x) in w.iter().enumerate() {
-            idx[n] = i as u32;
-            n += usize::from(x >= floor);
-        }
-        let by_prob = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]);
-        if p.top_k > 0 && p.top_k < n {
-            idx[..n].select_nth_unstable_by(p.top_k - 1, by_prob);
-            n = p.top_k;
-        }
-        if p.top_p < 1.0 {
-            n = top_p_cut(&mut idx[..n], w, p.top_p * total);
-        }
-        let cand = &idx[..n];
-        let mass: f32 = cand.iter().map(|&i| w[i as usize]).sum();
-        let mut r = seq.rng.random::<f32>() * mass;
-        for &i in cand {
-            r -= w[i as usize];
-            if r <= 0.0 {
-                return i;
+        // A draw from the whole distribution that lands among the kept tokens is a draw from the
+        // kept tokens alone. At top-p 0.95 nearly every first draw does, and then nothing is
+        // sorted; when draws keep missing (a small top-k on a flat distribution) the kept set
+        // is built exactly.
+        if total.is_finite() {
+            for _ in 0..REJECTION_TRIES {
+                let t = draw(w, seq.rng.random::<f32>() * total);
+                if kept(w, t, p, total) {
+                    return t;
+                }
             }
         }
-        cand.last().copied().unwrap_or_else(|| argmax(w))
+        sample_kept(w, &mut self.idx[..logits.len()], p, total, &mut seq.rng)
     }
+}
+
+/// Draws from the whole distribution before building the kept set exactly.
+const REJECTION_TRIES: usize = 3;
+
+/// Tokens per block of [`draw`]: each block's sum vectorises; only the hit block is walked.
+const DRAW_BLOCK: usize = 64;
+
+/// The first token at which the running sum of the weights `w` reaches `r` (the last token if
+/// rounding leaves `r` above the total).
+fn draw(w: &[f32], mut r: f32) -> u32 {
+    for (b, block) in w.chunks(DRAW_BLOCK).enumerate() {
+        let s = lanes16(block, 0.0, |a, b| a + b);
+        if r <= s {
+            // summed in another order, the walk may fall short by rounding: then its last token
+            let i = block.iter().position(|&x| {
+                r -= x;
+                r <= 0.0
+            });
+            return (b * DRAW_BLOCK + i.unwrap_or(block.len() - 1)) as u32;
+        }
+        r -= s;
+    }
+    w.len().saturating_sub(1) as u32
+}
+
+/// Whether token t survives min-p, top-k and top-p. Ranking tokens by weight, ties by index:
+/// fewer than top_k come before t, their weight is below top_p of the total, and t's weight is
+/// at least min_p of the largest (which is 1).
+fn kept(w: &[f32], t: u32, p: &SamplingParams, total: f32) -> bool {
+    let (t, wt) = (t as usize, w[t as usize]);
+    if wt < p.min_p {
+        return false;
+    }
+    if p.top_k == 0 && p.top_p >= 1.0 {
+        return true;
+    }
+    let (n0, m0) = count_and_mass(&w[..t], |x| x >= wt);
+    let (n1, m1) = count_and_mass(&w[t + 1..], |x| x > wt);
+    (p.top_k == 0 || n0 + n1 < p.top_k) && (p.top_p >= 1.0 || m0 + m1 < p.top_p * total)
+}
+
+/// How many weights pass `pick`, and their sum (in 16 lanes, so that it vectorises).
+fn count_and_mass(w: &[f32], pick: impl Fn(f32) -> bool) -> (usize, f32) {
+    let (mut n, mut m) = ([0u32; 16], [0f32; 16]);
+    let chunks = w.chunks_exact(16);
+    let tail = chunks.remainder().iter().filter(|&&x| pick(x));
+    let (tn, tm) = tail.fold((0, 0.0), |(n, m), &x| (n + 1, m + x));
+    for c in chunks {
+        for i in 0..16 {
+            let hit = pick(c[i]);
+            n[i] += u32::from(hit);
+            m[i] += if hit { c[i] } else { 0.0 };
+        }
+    }
+    (tn + n.iter().sum::<u32>() as usize, tm + m.iter().sum::<f32>())
+}
+
+/// Draws from the kept tokens (see [`kept`]) after gathering them into `idx` [vocab]: weights `w`
+/// [vocab] summing to `total`.
+fn sample_kept(w: &[f32], idx: &mut [u32], p: &SamplingParams, total: f32, rng: &mut ChaCha8Rng) -> u32 {
+    // Candidates: min-p keeps p >= min_p * pmax (pmax is 1 here); top-p cannot keep a token
+    // below (1 - top_p) / (V - 1) of the mass, so those never need sorting.
+    let floor = (p.min_p).max(if p.top_p < 1.0 { (1.0 - p.top_p) / (w.len() - 1).max(1) as f32 * total } else { 0.0 });
+    // Branch-free compaction: whether a token passes the floor is unpredictable. `idx` is
+    // [vocab] from the start, so nothing is cleared or grown per token.
+    let mut n = 0;
+    for (i, &x) in w.iter().enumerate() {
+        idx[n] = i as u32;
+        n += usize::from(x >= floor);
+    }
+    let by_prob = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]).then(a.cmp(b));
+    if p.top_k > 0 && p.top_k < n {
+        idx[..n].select_nth_unstable_by(p.top_k - 1, by_prob);
+        n = p.top_k;
+    }
+    if p.top_p < 1.0 {
+        n = top_p_cut(&mut idx[..n], w, p.top_p * total);
+    }
+    let cand = &idx[..n];
+    let mass: f32 = cand.iter().map(|&i| w[i as usize]).sum();
+    let mut r = rng.random::<f32>() * mass;
+    for &i in cand {
+        r -= w[i as usize];
+        if r <= 0.0 {
+            return i;
+        }
+    }
+    cand.last().copied().unwrap_or_else(|| argmax(w))
 }
 
 /// Reorders `idx` so that its first m tokens are the m most likely (by weight `w`), for the
@@ -167,7 +239,7 @@ impl Sampler {
 /// A selection halving its range each time: O(len) where sorting the candidates of a
 /// high-entropy model was most of a batched sampling step.
 fn top_p_cut(idx: &mut [u32], w: &[f32], target: f32) -> usize {
-    let by_prob = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]);
+    let by_prob = |a: &u32, b: &u32| w[*b as usize].total_cmp(&w[*a as usize]).then(a.cmp(b));
     let mass = |s: &[u32]| s.iter().map(|&i| w[i as usize]).sum::<f32>();
     // idx[..lo] is kept; the cut lies in lo+1..=hi, and idx[lo..hi] outweigh the rest one by one.
     let (mut lo, mut hi, mut need) = (0, idx.len(), target);
@@ -196,7 +268,7 @@ pub fn argmax(v: &[f32]) -> u32 {
 mod tests {
     use super::*;
 
-    fn draw(logits: &[f32], p: &SamplingParams, n: usize) -> Vec<u32> {
+    fn draws(logits: &[f32], p: &SamplingParams, n: usize) -> Vec<u32> {
         let mut s = Sampler::new(logits.len());
         let mut seq = SeqSampler::new(p, 0, logits.len(), &[]);
         (0..n).map(|_| s.sample(logits, p, &mut seq)).collect()
@@ -244,10 +316,96 @@ mod tests {
     }
 
     #[test]
+    fn draw_finds_the_first_token_whose_running_sum_reaches_r() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for n in [1usize, 63, 64, 65, 1000] {
+            let w: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
+            let total: f64 = w.iter().map(|&x| x as f64).sum();
+            for _ in 0..200 {
+                let r = rng.random::<f32>() * total as f32;
+                let mut acc = 0.0f64;
+                let want = w.iter().position(|&x| {
+                    acc += x as f64;
+                    acc >= r as f64
+                });
+                assert_eq!(draw(&w, r), want.unwrap_or(n - 1) as u32, "n {n} r {r}");
+            }
+            assert_eq!(draw(&w, 2.0 * total as f32), n as u32 - 1, "past the total: the last token");
+        }
+    }
+
+    #[test]
+    fn kept_is_the_sorted_prefix_and_the_exact_path_keeps_the_same_set() {
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        for n in [1usize, 17, 300] {
+            // multiples of 1/8 with the largest 1, as after the shift by the maximum: many ties,
+            // and every sum exact, so both paths must agree token by token
+            let mut w: Vec<f32> = (0..n).map(|_| (1 + rng.random_range(0..8)) as f32 / 8.0).collect();
+            w[n / 2] = 1.0;
+            let total: f32 = w.iter().sum();
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&a, &b| w[b].total_cmp(&w[a]).then(a.cmp(&b)));
+            for (top_k, top_p, min_p) in [(0, 1.0, 0.0), (5, 1.0, 0.0), (0, 0.5, 0.0), (0, 0.9, 0.3), (3, 0.7, 0.0)] {
+                let p = SamplingParams { temperature: 1.0, top_k, top_p, min_p, ..Default::default() };
+                let mut before = 0.0;
+                let mut want = vec![false; n];
+                for (rank, &t) in order.iter().enumerate() {
+                    let in_k = top_k == 0 || rank < top_k;
+                    want[t] = in_k && (top_p >= 1.0 || before < top_p * total) && w[t] >= min_p;
+                    before += w[t];
+                }
+                let got: Vec<bool> = (0..n as u32).map(|t| kept(&w, t, &p, total)).collect();
+                assert_eq!(got, want, "n {n} {p:?}");
+                // the exact path's candidates (via its last step: each kept token is drawable)
+                let mut idx = vec![0u32; n];
+                let mut rng = ChaCha8Rng::seed_from_u64(0);
+                let drawn: std::collections::BTreeSet<u32> =
+                    (0..40_000).map(|_| sample_kept(&w, &mut idx, &p, total, &mut rng)).collect();
+                let want: std::collections::BTreeSet<u32> = (0..n as u32).filter(|&t| want[t as usize]).collect();
+                assert_eq!(drawn, want, "n {n} {p:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn draws_follow_the_kept_distribution_whether_rejection_hits_or_falls_back() {
+        // rejection nearly always hits (top-p over a peaked distribution) / always falls back
+        // (top-2 of 200 nearly equal tokens)
+        let peaked: Vec<f32> = (0..50).map(|i| -0.15 * i as f32).collect();
+        let flat: Vec<f32> = (0..200).map(|i| -0.001 * i as f32).collect();
+        for (logits, top_k, top_p) in [(peaked, 0, 0.8f32), (flat, 2, 1.0)] {
+            let p = SamplingParams { temperature: 1.0, top_k, top_p, ..Default::default() };
+            let w: Vec<f32> = logits.iter().map(|&l| l.exp()).collect();
+            let mut cum = 0.0;
+            let kept: Vec<f32> = w
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| {
+                    let keep = (top_k == 0 || i < top_k) && cum < top_p * w.iter().sum::<f32>();
+                    cum += x;
+                    if keep { x } else { 0.0 }
+                })
+                .collect();
+            let mass: f32 = kept.iter().sum();
+            let n = 40_000;
+            let mut count = vec![0usize; w.len()];
+            draws(&logits, &p, n).into_iter().for_each(|t| count[t as usize] += 1);
+            for (t, &k) in kept.iter().enumerate() {
+                let (want, got) = ((k / mass) as f64, count[t] as f64 / n as f64);
+                let sigma = (want * (1.0 - want) / n as f64).sqrt();
+                assert!(
+                    (got - want).abs() <= 5.0 * sigma + 1e-9,
+                    "token {t}: {got} vs {want} (top-k {top_k}, top-p {top_p})"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn greedy_takes_argmax_and_penalties_move_it() {
         let l = [1.0, 3.0, 2.0, -1.0];
         let p = SamplingParams::greedy(1);
-        assert_eq!(draw(&l, &p, 1), [1]);
+        assert_eq!(draws(&l, &p, 1), [1]);
         let mut s = Sampler::new(4);
         let rp = SamplingParams { repetition_penalty: 2.0, ..p.clone() };
         let mut seq = SeqSampler::new(&rp, 0, 4, &[1]);
@@ -264,15 +422,15 @@ mod tests {
     fn top_k_top_p_min_p_restrict_the_candidates() {
         let l = [2.0, 1.9, 1.8, 0.0, -2.0];
         let base = SamplingParams { temperature: 1.0, top_p: 1.0, ..Default::default() };
-        let all: std::collections::BTreeSet<u32> = draw(&l, &base, 2000).into_iter().collect();
+        let all: std::collections::BTreeSet<u32> = draws(&l, &base, 2000).into_iter().collect();
         assert_eq!(all.len(), 5, "every token is drawn sometimes: {all:?}");
         let k2 = SamplingParams { top_k: 2, ..base.clone() };
-        assert!(draw(&l, &k2, 500).iter().all(|&t| t < 2));
+        assert!(draws(&l, &k2, 500).iter().all(|&t| t < 2));
         // probs ~ .35 .31 .28 .05 .006: top-p .5 keeps the first two
         let tp = SamplingParams { top_p: 0.5, ..base.clone() };
-        assert!(draw(&l, &tp, 500).iter().all(|&t| t < 2));
+        assert!(draws(&l, &tp, 500).iter().all(|&t| t < 2));
         let mp = SamplingParams { min_p: 0.5, ..base };
-        let got: std::collections::BTreeSet<u32> = draw(&l, &mp, 500).into_iter().collect();
+        let got: std::collections::BTreeSet<u32> = draws(&l, &mp, 500).into_iter().collect();
         assert_eq!(got, [0, 1, 2].into());
     }
 
@@ -280,7 +438,7 @@ mod tests {
     fn same_seed_same_draws_other_seed_other_draws() {
         let l: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
         let p = SamplingParams { temperature: 1.0, top_p: 1.0, seed: 7, ..Default::default() };
-        assert_eq!(draw(&l, &p, 50), draw(&l, &p, 50));
-        assert_ne!(draw(&l, &p, 50), draw(&l, &SamplingParams { seed: 8, ..p }, 50));
+        assert_eq!(draws(&l, &p, 50), draws(&l, &p, 50));
+        assert_ne!(draws(&l, &p, 50), draws(&l, &SamplingParams { seed: 8, ..p }, 50));
     }
 }
