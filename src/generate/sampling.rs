@@ -1,7 +1,7 @@
 //! Choosing the next token from logits: penalties, then temperature, top-k, top-p, min-p, then a
 //! draw from the seeded RNG of the sequence (greedy when temperature is 0).
 
-use crate::model::kernels::{exp_shifted, lanes16};
+use crate::model::kernels::{exp_shifted, reduce_lanes};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -155,7 +155,7 @@ const DRAW_BLOCK: usize = 64;
 /// rounding leaves `r` above the total).
 fn draw(w: &[f32], mut r: f32) -> u32 {
     for (b, block) in w.chunks(DRAW_BLOCK).enumerate() {
-        let s = lanes16(block, 0.0, |a, b| a + b);
+        let s = reduce_lanes(block, 0.0, |a, b| a + b);
         if r <= s {
             // summed in another order, the walk may fall short by rounding: then its last token
             let i = block.iter().position(|&x| {
@@ -260,7 +260,7 @@ fn top_p_cut(idx: &mut [u32], w: &[f32], target: f32) -> usize {
 /// Index of the first largest value (NaN ignored; 0 if there is none): a vectorised maximum, then
 /// a search for it (a running index of the best so far is a serial chain through the vocabulary).
 pub fn argmax(v: &[f32]) -> u32 {
-    let max = lanes16(v, f32::NEG_INFINITY, f32::max);
+    let max = reduce_lanes(v, f32::NEG_INFINITY, f32::max);
     v.iter().position(|&x| x == max).unwrap_or(0) as u32
 }
 

@@ -1,7 +1,7 @@
 //! Softmax cross-entropy over the vocabulary. The backward pass reuses the forward's log-sum-exp,
 //! so each logit is exponentiated once per pass.
 
-use super::{exp, lanes16};
+use super::{exp, reduce_lanes};
 use rayon::prelude::*;
 
 /// Marks a target that does not count towards the loss.
@@ -32,7 +32,7 @@ pub fn crossentropy_backward(logits: &mut [f32], lse: &[f32], targets: &[u32], v
 }
 
 fn logsumexp(row: &[f32]) -> f32 {
-    let max = lanes16(row, f32::NEG_INFINITY, f32::max);
+    let max = reduce_lanes(row, f32::NEG_INFINITY, f32::max);
     let mut acc = [0.0f32; 16]; // 16 lanes, so that the sum vectorises
     let chunks = row.chunks_exact(16);
     let tail: f32 = chunks.remainder().iter().map(|&x| exp(x - max)).sum();

@@ -36,22 +36,32 @@ pub fn softmax(x: &mut [f32], scale: f32) -> f32 {
 /// x = exp(x · scale − m) in place, m = max(x · scale): an unnormalised softmax (sampling keeps
 /// the mass itself). Returns (m, Σ x).
 pub fn exp_shifted(x: &mut [f32], scale: f32) -> (f32, f32) {
-    let max = lanes16(x, f32::NEG_INFINITY, f32::max) * scale;
+    let max = reduce_lanes(x, f32::NEG_INFINITY, f32::max) * scale;
     x.iter_mut().for_each(|v| *v = exp(*v * scale - max));
-    (max, lanes16(x, 0.0, |a, b| a + b))
+    (max, reduce_lanes(x, 0.0, |a, b| a + b))
 }
 
-/// A reduction with 16 independent lanes (so it vectorises), then across the lanes.
-pub fn lanes16(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
-    let mut acc = [init; 16];
-    let chunks = x.chunks_exact(16);
-    let tail = chunks.remainder().iter().fold(init, |a, &b| f(a, b));
-    for c in chunks {
+/// A reduction in independent lanes (so it vectorises): 64 of them — four vectors, so four
+/// chains hide the latency of each step — over whole chunks of 64, then 16, then across lanes.
+pub fn reduce_lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 64];
+    let wide = x.chunks_exact(64);
+    let narrow = wide.remainder().chunks_exact(16);
+    let tail = narrow.remainder().iter().fold(init, |a, &b| f(a, b));
+    for c in wide {
+        for i in 0..64 {
+            acc[i] = f(acc[i], c[i]);
+        }
+    }
+    for i in 0..16 {
+        acc[i] = f(f(acc[i], acc[i + 16]), f(acc[i + 32], acc[i + 48]));
+    }
+    for c in narrow {
         for i in 0..16 {
             acc[i] = f(acc[i], c[i]);
         }
     }
-    acc.iter().fold(tail, |a, &b| f(a, b))
+    acc[..16].iter().fold(tail, |a, &b| f(a, b))
 }
 
 /// e^x for x <= 0 (Cephes `expf`: range reduction by ln 2, degree-6 polynomial; ~1 ulp),
