@@ -544,18 +544,24 @@ mod avx512 {
     /// rows by 4 broadcast int8 activations and adds into 16 int32 sums (64 multiply–adds). Tiles
     /// of 3 panels × 4 rows hold 12 int32 block sums and 12 f32 accumulators in registers (31 of
     /// 32 with the weights and activations; measured +8% at 16 rows over 4 × 2, same at 1 row).
+    ///
+    /// The first pass of 4 rows over a panel group streams it from memory; the later passes find
+    /// it in L1 and, meanwhile, bring the next group into L2, its panels spread over them
+    /// (`spread`: how many such passes), so that memory does not idle while they compute
+    /// (measured: small-zh q8_0 ×1.05–1.08 at 16 sequences, ×1.11 at 8).
     #[target_feature(enable = "avx512f,avx512vnni")]
     pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
+        let spread = (nb / 4).saturating_sub(1);
         tiles(3, 4, p0, p1, nb, |p, r, pn, b| {
             // SAFETY: panels pn..pn+p < p1, rows b..b+r < nb; the caller guarantees the buffers.
             unsafe {
                 match (p, r) {
-                    (3, 4) => q8_tile::<3, 4>(out, xq, w, b, pn),
-                    (3, 2) => q8_tile::<3, 2>(out, xq, w, b, pn),
-                    (3, _) => q8_tile::<3, 1>(out, xq, w, b, pn),
-                    (_, 4) => q8_tile::<1, 4>(out, xq, w, b, pn),
-                    (_, 2) => q8_tile::<1, 2>(out, xq, w, b, pn),
-                    _ => q8_tile::<1, 1>(out, xq, w, b, pn),
+                    (3, 4) => q8_tile::<3, 4>(out, xq, w, b, pn, spread),
+                    (3, 2) => q8_tile::<3, 2>(out, xq, w, b, pn, spread),
+                    (3, _) => q8_tile::<3, 1>(out, xq, w, b, pn, spread),
+                    (_, 4) => q8_tile::<1, 4>(out, xq, w, b, pn, spread),
+                    (_, 2) => q8_tile::<1, 2>(out, xq, w, b, pn, spread),
+                    _ => q8_tile::<1, 1>(out, xq, w, b, pn, spread),
                 }
             }
         });
@@ -565,8 +571,21 @@ mod avx512 {
     /// (w + 128)·x, less 128·Σx, times the weight scales and the row's activation scale.
     #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx512f,avx512vnni")]
-    unsafe fn q8_tile<const P: usize, const R: usize>(out: *mut f32, xq: &QuantRows, w: &Matrix, b: usize, pn: usize) {
+    unsafe fn q8_tile<const P: usize, const R: usize>(
+        out: *mut f32,
+        xq: &QuantRows,
+        w: &Matrix,
+        b: usize,
+        pn: usize,
+        spread: usize,
+    ) {
         let Data::Q8 { q, scales } = &w.data else { unreachable!("q8 weights") };
+        // Bit i: this pass prefetches panel i of the next group.
+        let ahead: u32 = if R == 4 && b > 0 && b / 4 <= spread {
+            (0..P).filter(|i| i % spread == b / 4 - 1).map(|i| 1 << i).sum()
+        } else {
+            0
+        };
         let nbk = w.cols.div_ceil(Q8_BLOCK);
         let kp = nbk * Q8_BLOCK;
         let mut acc = [[_mm512_setzero_ps(); R]; P];
@@ -589,6 +608,8 @@ mod avx512 {
                             _mm_prefetch::<_MM_HINT_T0>(
                                 qp.wrapping_add((i * kp + j + 4 * PREFETCH) * LANES) as *const i8
                             );
+                        } else if ahead >> i & 1 != 0 {
+                            _mm_prefetch::<_MM_HINT_T1>(qp.wrapping_add(((P + i) * kp + j) * LANES) as *const i8);
                         }
                         for r in 0..R {
                             isum[i][r] = _mm512_dpbusd_epi32(isum[i][r], wv, xs[r]);
