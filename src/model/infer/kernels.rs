@@ -385,8 +385,8 @@ mod avx512 {
         });
     }
 
-    /// [`f32_tile`] for P panels × r rows, r one of 8 (P < 4 only: 4 × 8 would not fit in
-    /// registers), 4, 2, 1.
+    /// [`f32_tile`] for P panels × r rows, r one of 16 (P = 1 only), 8 (P < 4 only: 4 × 8 would
+    /// not fit in registers), 4, 2, 1.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
     unsafe fn f32_rows<const P: usize>(
@@ -403,7 +403,7 @@ mod avx512 {
         // SAFETY: forwarded from the caller.
         unsafe {
             match r {
-                16 if P == 1 => f32_tile16(out, x, wf, rows, k, b, pn),
+                16 if P == 1 => f32_tile::<1, 16>(out, x, wf, rows, k, b, pn),
                 8 if P < 4 => f32_tile::<P, 8>(out, x, wf, rows, k, b, pn),
                 4 => f32_tile::<P, 4>(out, x, wf, rows, k, b, pn),
                 2 => f32_tile::<P, 2>(out, x, wf, rows, k, b, pn),
@@ -473,7 +473,7 @@ mod avx512 {
                 let xs: [__m512; R] = std::array::from_fn(|r| _mm512_set1_ps(*x.add(r * k + j)));
                 for i in 0..P {
                     let wv = _mm512_loadu_ps(wp.add((i * k + j) * LANES));
-                    if R == 8 && b == 0 {
+                    if R >= 8 && b == 0 {
                         _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((i * k + j + PREFETCH) * LANES) as *const i8);
                     }
                     for r in 0..R {
@@ -482,42 +482,6 @@ mod avx512 {
                 }
             }
             store(out, &acc, rows, b, pn);
-        }
-    }
-
-    /// [`f32_tile`] for one panel × 16 rows, 4 columns per pass: each row's activations are
-    /// addressed once per 4 columns (with one column per pass the 16 row addresses, a chain of
-    /// adds, took longer than the 16 multiply–adds they fed). Sums are in the same order.
-    #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn f32_tile16(out: *mut f32, x: &[f32], wf: &[f32], rows: usize, k: usize, b: usize, pn: usize) {
-        const R: usize = 16;
-        let x = x[b * k..].as_ptr();
-        let mut acc = [_mm512_setzero_ps(); R];
-        // SAFETY: panel pn holds k columns of 16 lanes; x holds R rows of k.
-        unsafe {
-            let wp = wf.as_ptr().add(pn * k * LANES);
-            let mut j = 0;
-            while j + 4 <= k {
-                let wv: [__m512; 4] = std::array::from_fn(|u| _mm512_loadu_ps(wp.add((j + u) * LANES)));
-                for u in 0..4 {
-                    _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add((j + u + PREFETCH) * LANES) as *const i8);
-                }
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let xr = x.add(r * k + j);
-                    for (u, w) in wv.iter().enumerate() {
-                        *a = _mm512_fmadd_ps(*w, _mm512_set1_ps(*xr.add(u)), *a);
-                    }
-                }
-                j += 4;
-            }
-            for j in j..k {
-                let wv = _mm512_loadu_ps(wp.add(j * LANES));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(wv, _mm512_set1_ps(*x.add(r * k + j)), *a);
-                }
-            }
-            store::<1, R>(out, &[acc], rows, b, pn);
         }
     }
 
@@ -1027,8 +991,7 @@ mod tests {
 
     #[test]
     fn batched_rows_are_bit_identical_to_single_rows() {
-        // 15 rows: 2×8 f32 tiles with 4-, 2- and 1-row leftovers; 23: a 1×16 tile (4 columns a
-        // pass, 101 leaves one over), then 4, 2, 1
+        // 15 rows: 2×8 f32 tiles with 4-, 2- and 1-row leftovers; 23: a 1×16 tile, then 4, 2, 1
         for (nb, n, k) in [(15, 70, 100), (23, 70, 101)] {
             let (x, w) = (rand_vec(nb * k, 3), rand_vec(n * k, 4));
             for q in [Quant::F32, Quant::Q8] {
