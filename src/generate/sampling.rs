@@ -171,7 +171,9 @@ fn draw(w: &[f32], mut r: f32) -> u32 {
 
 /// Whether token t survives min-p, top-k and top-p. Ranking tokens by weight, ties by index:
 /// fewer than top_k come before t, their weight is below top_p of the total, and t's weight is
-/// at least min_p of the largest (which is 1).
+/// at least min_p of the largest (which is 1). The weight before t is summed in another order
+/// than [`sample_kept`]'s, so a token within rounding of the top-p cut may be kept by one and not
+/// the other.
 fn kept(w: &[f32], t: u32, p: &SamplingParams, total: f32) -> bool {
     let (t, wt) = (t as usize, w[t as usize]);
     if wt < p.min_p {
@@ -369,8 +371,8 @@ mod tests {
 
     #[test]
     fn draws_follow_the_kept_distribution_whether_rejection_hits_or_falls_back() {
-        // rejection nearly always hits (top-p over a peaked distribution) / always falls back
-        // (top-2 of 200 nearly equal tokens)
+        // rejection nearly always hits (top-p over a peaked distribution) / nearly always falls
+        // back (top-2 of 200 nearly equal tokens)
         let peaked: Vec<f32> = (0..50).map(|i| -0.15 * i as f32).collect();
         let flat: Vec<f32> = (0..200).map(|i| -0.001 * i as f32).collect();
         for (logits, top_k, top_p) in [(peaked, 0, 0.8f32), (flat, 2, 1.0)] {

@@ -43,6 +43,7 @@ pub fn exp_shifted(x: &mut [f32], scale: f32) -> (f32, f32) {
 
 /// A reduction in independent lanes (so it vectorises): 64 of them — four vectors, so four
 /// chains hide the latency of each step — over whole chunks of 64, then 16, then across lanes.
+/// `init` must leave `f` unchanged (0 for sums, −∞ for maxima): it seeds every lane.
 pub fn reduce_lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [init; 64];
     let wide = x.chunks_exact(64);
@@ -111,6 +112,21 @@ mod tests {
         }
         assert_eq!(exp(-200.0), exp(-87.0));
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn reduce_lanes_takes_every_value_at_any_length() {
+        // lengths around the 64- and 16-lane chunks; integers, so every sum is exact
+        for n in [0usize, 1, 15, 16, 17, 63, 64, 65, 80, 127, 128, 129, 200] {
+            let v: Vec<f32> = (0..n).map(|i| ((i * 37) % 101) as f32).collect();
+            assert_eq!(reduce_lanes(&v, 0.0, |a, b| a + b), v.iter().sum::<f32>(), "sum of {n}");
+            for at in [0, n / 2, n.saturating_sub(1)].into_iter().filter(|&i| i < n) {
+                let mut w = v.clone();
+                w[at] = 1000.0;
+                assert_eq!(reduce_lanes(&w, f32::NEG_INFINITY, f32::max), 1000.0, "max of {n} at {at}");
+            }
+        }
+        assert_eq!(reduce_lanes(&[], f32::NEG_INFINITY, f32::max), f32::NEG_INFINITY);
     }
 
     #[test]
