@@ -2,7 +2,7 @@
 //! model maths (rotate-half RoPE, GQA, SwiGLU, RMSNorm), on tiny random models.
 
 use shoucuo::model::config::ModelConfig;
-use shoucuo::model::infer::{InferError, InferModel, KvCache, KvType, Logits, Quant, Scratch};
+use shoucuo::model::infer::{InferError, InferModel, KvCache, KvType, Logits, Quant, SPLIT_ROWS, Scratch};
 use shoucuo::model::params::{ParamLayout, init_params};
 
 fn cfg(tied: bool) -> ModelConfig {
@@ -256,13 +256,15 @@ fn many_sequence_decode_equals_one_at_a_time_and_errors_change_nothing() {
     let c = cfg(true);
     for q in [Quant::F32, Quant::Q8] {
         let m = InferModel::new(&c, &params(&c, 4), q).unwrap();
-        // at least 2 rows per pool thread, so the step is split wherever there are threads
-        let (n, steps) = ((2 * shoucuo::model::infer::pool::pool().threads() + 1).clamp(7, 16), 6);
-        let mut s = Scratch::new(&m, 16);
+        // SPLIT_ROWS rows per pool thread and one more, so the step is split wherever there are
+        // several threads (and not with one)
+        let threads = shoucuo::model::infer::pool::pool().threads();
+        let (n, steps) = ((SPLIT_ROWS * threads + 1).max(7), 6);
+        let mut s = Scratch::new(&m, n);
         let mut batch: Vec<KvCache> = (0..n).map(|_| KvCache::new(&c, c.max_seq_len, KvType::F16)).collect();
         let mut alone: Vec<KvCache> = (0..n).map(|_| KvCache::new(&c, c.max_seq_len, KvType::F16)).collect();
         for (i, (b, a)) in batch.iter_mut().zip(&mut alone).enumerate() {
-            let prompt = &TOKS[i..i + 1 + i % 4]; // ragged lengths
+            let prompt = &TOKS[i % 16..][..1 + i % 4]; // ragged lengths
             m.prefill(&mut s, b, prompt).unwrap();
             m.prefill(&mut s, a, prompt).unwrap();
         }

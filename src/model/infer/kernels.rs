@@ -83,17 +83,22 @@ fn quantize_block(v: &[f32], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
     quantize_block_portable(x, q)
 }
 
+/// The q8 scale of a vector (its largest |value| / 127) and its inverse (see [`inverse_scale`]).
+pub(crate) fn q8_scale(x: &[f32]) -> (f32, f32) {
+    let d = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+    (d, inverse_scale(d))
+}
+
 /// 1/d, or 0 for a zero scale or one so small (amax below ~1e-36) that 1/d overflows: such a
 /// block quantizes to zeros.
-pub(crate) fn inverse_scale(d: f32) -> f32 {
+fn inverse_scale(d: f32) -> f32 {
     let inv = 1.0 / d;
     if d > 0.0 && inv.is_finite() { inv } else { 0.0 }
 }
 
 #[allow(clippy::manual_clamp)] // clamp keeps NaN; max/min match the vector path
 fn quantize_block_portable(x: &[f32; Q8_BLOCK], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
-    let d = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-    let inv = inverse_scale(d);
+    let (d, inv) = q8_scale(x);
     for (q, v) in q.iter_mut().zip(x.iter()) {
         // max/min (not clamp) send NaN to -127 as the vector instructions do; then v + 1.5·2^23
         // rounds v to an integer in the low bits: its low byte is v as an i8.

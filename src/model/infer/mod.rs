@@ -171,7 +171,7 @@ impl KvCache {
                 put(ks, vs, block, at, k.iter().map(|&x| f16::from_f32(x)), v.iter().map(|&x| f16::from_f32(x)))
             }
             KvData::Q8 { k: kq, v: vq, ks, vs } => {
-                let ((dk, ik), (dv, iv)) = (q8_scale(k), q8_scale(v));
+                let ((dk, ik), (dv, iv)) = (kernels::q8_scale(k), kernels::q8_scale(v));
                 (ks[head / hd + p], vs[head / hd + p]) = (dk, dv);
                 let q = |inv: f32| move |&x: &f32| (x * inv).round() as i8;
                 put(kq, vq, block, at, k.iter().map(q(ik)), v.iter().map(q(iv)));
@@ -218,13 +218,6 @@ fn cache_size(s: &str) -> Option<usize> {
         _ => return None,
     };
     n.parse::<usize>().ok().map(|n| n << shift)
-}
-
-/// The q8 scale of a vector (its largest |value| / 127) and its inverse (0 where 1/scale does not
-/// exist or overflows: the vector stores zeros).
-fn q8_scale(x: &[f32]) -> (f32, f32) {
-    let d = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
-    (d, kernels::inverse_scale(d))
 }
 
 /// Rows per thread from which a decode step is split over the threads ([`InferModel::decode`]).
@@ -426,7 +419,7 @@ impl InferModel {
         rows: &[(usize, u32)],
     ) -> Result<&'s [f32], InferError> {
         let nt = s.parts.len();
-        if !self.split || nt < 2 || rows.len() < nt * SPLIT_ROWS || !rows.windows(2).all(|w| w[0].0 < w[1].0) {
+        if nt < 2 || rows.len() < nt * SPLIT_ROWS || !rows.windows(2).all(|w| w[0].0 < w[1].0) {
             return self.step(s, caches, rows, Logits::Last);
         }
         if rows.len() > s.max_rows {
@@ -434,7 +427,7 @@ impl InferModel {
         }
         self.check(caches, rows)?;
         let (nr, v) = (rows.len(), self.cfg.vocab_size);
-        let (logits, first) = (OutPtr(s.logits.as_mut_ptr()), Mutex::new(None));
+        let logits = OutPtr(s.logits.as_mut_ptr());
         let all = CachesPtr(caches.as_mut_ptr(), caches.len());
         let parts = &s.parts;
         pool::pool().run(nt, |t| {
@@ -449,19 +442,15 @@ impl InferModel {
             // logits ([nr, vocab] fit in s.logits: nr <= max_rows).
             let (cs, out) =
                 unsafe { (all.range(lo, part[part.len() - 1].0 + 1), logits.slice(t * nr / nt * v, part.len() * v)) };
-            if let Err(e) = self.step_into(scratch, cs, local, Logits::Last, out) {
-                first.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(e);
-            }
+            // Cannot fail: the rows were checked above, and a part's scratch holds its share
+            // (ceil(nr / nt) <= ceil(max_rows / nt) rows).
+            self.step_into(scratch, cs, local, Logits::Last, out).expect("a checked split step");
         });
-        match first.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            Some(e) => Err(e),
-            None => Ok(&s.logits[..nr * v]),
-        }
+        Ok(&s.logits[..nr * v])
     }
 
-    /// The errors a step of distinct-cache rows would give (in the order `step` finds them),
-    /// before anything changes.
-    fn check(&self, caches: &[KvCache], rows: &[(usize, u32)]) -> Result<(), InferError> {
+    /// Every row's token is in the vocabulary and its cache exists (the step's first checks).
+    fn check_rows(&self, caches: &[KvCache], rows: &[(usize, u32)]) -> Result<(), InferError> {
         for &(ci, tok) in rows {
             if tok as usize >= self.cfg.vocab_size {
                 return Err(InferError::BadToken { id: tok, vocab: self.cfg.vocab_size });
@@ -470,6 +459,13 @@ impl InferModel {
                 return Err(InferError::NoSuchCache { index: ci, len: caches.len() });
             }
         }
+        Ok(())
+    }
+
+    /// The errors a step of distinct-cache rows would give (in the order `step` finds them),
+    /// before anything changes.
+    fn check(&self, caches: &[KvCache], rows: &[(usize, u32)]) -> Result<(), InferError> {
+        self.check_rows(caches, rows)?;
         match rows.iter().map(|r| &caches[r.0]).find(|c| c.len >= c.cap) {
             Some(c) => Err(InferError::ContextFull { need: c.len + 1, cap: c.cap }),
             None => Ok(()),
@@ -512,14 +508,7 @@ impl InferModel {
         }
         let (d, hd, qd, kvd, f) = (c.dim, c.head_dim, c.q_dim(), c.kv_dim(), c.ffn_hidden);
         let qkvd = qd + 2 * kvd;
-        for &(ci, tok) in rows {
-            if tok as usize >= c.vocab_size {
-                return Err(InferError::BadToken { id: tok, vocab: c.vocab_size });
-            }
-            if ci >= caches.len() {
-                return Err(InferError::NoSuchCache { index: ci, len: caches.len() });
-            }
-        }
+        self.check_rows(caches, rows)?;
         for (i, &(ci, _)) in rows.iter().enumerate() {
             s.pos[i] = caches[ci].len;
             caches[ci].len += 1;
