@@ -77,10 +77,22 @@ fn generate_prompt_stream_and_jsonl() {
     // the word-level decoder joins words with spaces, the stream concatenates pieces: compare words
     let words = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>().concat();
     assert_eq!(words(&text(&plain.stdout)), words(&text(&streamed.stdout)));
-    for kv in ["f32", "q8"] {
-        let r = shoucuo(&[&base[..], &["--kv-cache", kv]].concat(), "");
-        assert!(r.status.success() && text(&r.stdout).starts_with("w5 w6"), "{kv}: {}", text(&r.stderr));
-    }
+    // The load line reports the cache the run allocates: q8 (1 byte + scales) < f16 < f32.
+    let kib = |stderr: &str, kv: &str| -> f64 {
+        let at = stderr.find(&format!("KV cache {kv} at ")).unwrap_or_else(|| panic!("{kv}: {stderr}"));
+        let words: Vec<&str> = stderr[at..].split_whitespace().collect();
+        assert_eq!(words[5], "KiB", "{stderr}");
+        words[4].parse().unwrap()
+    };
+    let sizes: Vec<f64> = ["f32", "f16", "q8"]
+        .iter()
+        .map(|kv| {
+            let r = shoucuo(&[&base[..], &["--kv-cache", kv]].concat(), "");
+            assert!(r.status.success() && text(&r.stdout).starts_with("w5 w6"), "{kv}: {}", text(&r.stderr));
+            kib(&text(&r.stderr), kv)
+        })
+        .collect();
+    assert!(sizes[0] == 2.0 * sizes[1] && sizes[1] > sizes[2] && sizes[2] > 0.0, "{sizes:?}");
     let r = shoucuo(&[&base[..], &["--kv-cache", "q4"]].concat(), "");
     assert!(!r.status.success() && text(&r.stderr).contains("use f16, f32 or q8"), "{}", text(&r.stderr));
 

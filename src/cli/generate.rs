@@ -1,7 +1,7 @@
 //! `shoucuo generate`: one prompt (optionally streamed), or a jsonl file of prompts decoded in batches.
 
 use crate::generate::{SamplingParams, TextStream, generate};
-use crate::model::infer::{InferModel, KvType, Quant};
+use crate::model::infer::{InferModel, KvCache, KvType, Quant};
 use crate::tokenizer::Tok;
 use anyhow::{Context, bail};
 use std::io::Write;
@@ -118,15 +118,26 @@ impl RunArgs {
                 model.cfg.vocab_size
             );
         }
+        let cache = KvCache::new(&model.cfg, model.cfg.max_seq_len, model.kv);
         eprintln!(
-            "loaded {} ({:.1}M params, {:?}, context {}) in {:.2}s",
+            "loaded {} ({:.1}M params, weights {}, context {}, KV cache {} at {} per sequence) in {:.2}s",
             dir.display(),
             model.cfg.num_params() as f64 / 1e6,
-            self.quant,
+            format!("{:?}", self.quant).to_lowercase(),
             model.cfg.max_seq_len,
+            format!("{:?}", model.kv).to_lowercase(),
+            size(cache.bytes()),
             t0.elapsed().as_secs_f64()
         );
         Ok((model, tok))
+    }
+}
+
+/// Bytes as KiB below one MiB, else as MiB: "72.0 KiB", "3.5 MiB".
+fn size(bytes: usize) -> String {
+    match bytes as f64 / 1024.0 {
+        k if k < 1024.0 => format!("{k:.1} KiB"),
+        k => format!("{:.1} MiB", k / 1024.0),
     }
 }
 

@@ -188,6 +188,14 @@ impl KvCache {
     pub fn capacity(&self) -> usize {
         self.cap
     }
+    /// Memory held for keys and values (and their scales, in q8).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            KvData::F32 { k, v } => (k.len() + v.len()) * 4,
+            KvData::F16 { k, v } => (k.len() + v.len()) * 2,
+            KvData::Q8 { k, v, ks, vs } => k.len() + v.len() + (ks.len() + vs.len()) * 4,
+        }
+    }
     /// Forgets the sequence; the memory is kept.
     pub fn clear(&mut self) {
         self.len = 0;
