@@ -95,6 +95,24 @@ fn generate_prompt_stream_and_jsonl() {
     assert!(sizes[0] == 2.0 * sizes[1] && sizes[1] > sizes[2] && sizes[2] > 0.0, "{sizes:?}");
     let r = shoucuo(&[&base[..], &["--kv-cache", "q4"]].concat(), "");
     assert!(!r.status.success() && text(&r.stderr).contains("use f16, f32 or q8"), "{}", text(&r.stderr));
+    // Out-of-range settings are refused with what the range is (negative numbers reach that check
+    // instead of being taken for flags); a negative frequency penalty is allowed.
+    for (flag, value, want) in [
+        ("--temperature", "-1", "temperature must be >= 0"),
+        ("--top-p", "0", "top-p must be in (0, 1]"),
+        ("--repetition-penalty", "-1", "repetition-penalty must be > 0"),
+    ] {
+        let r = shoucuo(&[&base[..], &[flag, value]].concat(), "");
+        assert!(!r.status.success() && text(&r.stderr).contains(want), "{flag} {value}: {}", text(&r.stderr));
+    }
+    let r = shoucuo(&["generate", "--model", m, "--prompt", "w5", "--max-new-tokens", "0"], "");
+    assert!(
+        !r.status.success() && text(&r.stderr).contains("max-new-tokens must be at least 1"),
+        "{}",
+        text(&r.stderr)
+    );
+    let r = shoucuo(&[&base[..], &["--frequency-penalty", "-0.5"]].concat(), "");
+    assert!(r.status.success() && text(&r.stdout).starts_with("w5 w6"), "{}", text(&r.stderr));
 
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, "{\"prompt\": \"w7\", \"id\": 7}\n\n{\"id\": 8, \"prompt\": \"w8 w9 w10\"}\n").unwrap();

@@ -53,22 +53,23 @@ pub struct RunArgs {
 #[derive(clap::Args)]
 pub struct SamplingArgs {
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true)]
     pub temperature: f32,
     /// Keep only the k most likely tokens (0 = off).
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
     /// Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off).
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_negative_numbers = true)]
     pub top_p: f32,
     /// Drop tokens below min_p times the top token's probability (0 = off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub min_p: f32,
     /// Penalise tokens already in the prompt or output (1 = off; 1.1 is mild).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub repetition_penalty: f32,
-    /// Subtract this from a token's logit per earlier occurrence in the output (0 = off).
-    #[arg(long, default_value_t = 0.0)]
+    /// Subtract this from a token's logit per earlier occurrence in the output (0 = off; negative
+    /// values favour repeats).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub frequency_penalty: f32,
     #[arg(long, default_value_t = 256)]
     pub max_new_tokens: usize,

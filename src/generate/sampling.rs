@@ -62,6 +62,7 @@ impl SamplingParams {
         bad((0.0..1.0).contains(&self.min_p), "min-p must be in [0, 1)")?;
         bad(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite(), "repetition-penalty must be > 0")?;
         bad(self.frequency_penalty.is_finite(), "frequency-penalty must be finite")?;
+        bad(self.max_new_tokens > 0, "max-new-tokens must be at least 1")?;
         bad(self.stop_strings.iter().all(|s| !s.is_empty()), "a stop string is empty; every --stop needs some text")
     }
 }
