@@ -42,27 +42,30 @@ pub fn exp_shifted(x: &mut [f32], scale: f32) -> (f32, f32) {
 }
 
 /// A reduction in independent lanes (so it vectorises): 64 of them — four vectors, so four
-/// chains hide the latency of each step — over whole chunks of 64, then 16, then across lanes.
+/// chains hide the latency of each step — over whole chunks of 64, the last chunk padded with
+/// `init`, then across lanes by halving (64 → 32 → … → 1, each halving one vector operation; a
+/// fold lane by lane would be a chain of 63 dependent ones, which dominated short rows).
 /// `init` must leave `f` unchanged (0 for sums, −∞ for maxima): it seeds every lane.
 pub fn reduce_lanes(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [init; 64];
     let wide = x.chunks_exact(64);
-    let narrow = wide.remainder().chunks_exact(16);
-    let tail = narrow.remainder().iter().fold(init, |a, &b| f(a, b));
+    let rest = wide.remainder();
     for c in wide {
         for i in 0..64 {
             acc[i] = f(acc[i], c[i]);
         }
     }
-    for i in 0..16 {
-        acc[i] = f(f(acc[i], acc[i + 16]), f(acc[i + 32], acc[i + 48]));
+    let mut last = [init; 64];
+    last[..rest.len()].copy_from_slice(rest);
+    for i in 0..64 {
+        acc[i] = f(acc[i], last[i]);
     }
-    for c in narrow {
-        for i in 0..16 {
-            acc[i] = f(acc[i], c[i]);
+    for half in [32, 16, 8, 4, 2, 1] {
+        for i in 0..half {
+            acc[i] = f(acc[i], acc[i + half]);
         }
     }
-    acc[..16].iter().fold(tail, |a, &b| f(a, b))
+    acc[0]
 }
 
 /// e^x for x <= 0 (Cephes `expf`: range reduction by ln 2, degree-6 polynomial; ~1 ulp),
