@@ -55,7 +55,10 @@ fn shoucuo(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    // a run that fails before reading its input closes the pipe: that is for the caller to check
+    if let Err(e) = child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+    }
     child.wait_with_output().unwrap()
 }
 
@@ -193,4 +196,21 @@ fn chat_and_completion_modes() {
     let r = shoucuo(&["chat", "--model", base.path().to_str().unwrap(), "--max-new-tokens", "3"], "w9 w10\n");
     assert!(r.status.success() && text(&r.stderr).contains("completion mode"), "{}", text(&r.stderr));
     assert!(text(&r.stdout).starts_with("w9 w10"));
+
+    // --mode overrides; a checkpoint of shoucuo's pretraining is a base model: completion by default
+    let chat_mode = |m: &str, mode: &[&str]| {
+        let r = shoucuo(&[&["chat", "--model", m, "--max-new-tokens", "3"], mode].concat(), "w9 w10\n");
+        assert!(r.status.success(), "{}", text(&r.stderr));
+        let err = text(&r.stderr);
+        assert_eq!(err.contains("chat mode"), !text(&r.stdout).starts_with("w9 w10"), "{err}");
+        err.contains("chat mode")
+    };
+    assert!(!chat_mode(m, &["--mode", "complete"]));
+    std::fs::write(dir.path().join("trainer_state.json"), "{}").unwrap();
+    assert!(!chat_mode(m, &[]));
+    assert!(chat_mode(m, &["--mode", "chat"]));
+    let tj = dir.path().join("tokenizer.json");
+    std::fs::write(&tj, std::fs::read_to_string(&tj).unwrap().replace("im_start", "im_begin")).unwrap();
+    let r = shoucuo(&["chat", "--model", m, "--mode", "chat"], "w9\n");
+    assert!(!r.status.success() && text(&r.stderr).contains("needs the tokens <|im_start|>"), "{}", text(&r.stderr));
 }

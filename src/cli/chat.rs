@@ -3,6 +3,7 @@
 use super::generate::{RunArgs, SamplingArgs};
 use crate::generate::chat::{Message, fit_history};
 use crate::generate::{TextStream, generate};
+use anyhow::bail;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -14,21 +15,47 @@ pub struct Args {
     /// A system message put before the conversation (chat models only).
     #[arg(long)]
     pub system: Option<String>,
+    /// chat: render the conversation with the ChatML template; complete: each line is a prompt
+    /// to continue; auto: chat when the tokenizer has a chat template and ChatML tokens, except
+    /// for shoucuo's pretraining checkpoints (base models: they never saw the template).
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
     #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    Auto,
+    Chat,
+    Complete,
+}
+
 pub fn run(a: Args) -> anyhow::Result<()> {
     let (model, tok) = a.run.load(&a.model)?;
     let p = a.sampling.params(&tok)?;
-    let chat =
-        has_chat_template(&a.model) && tok.token_id("<|im_start|>").is_some() && tok.token_id("<|im_end|>").is_some();
-    eprintln!(
-        "{}; /reset clears the conversation, /exit (or Ctrl-D) quits",
-        if chat { "chat mode (ChatML)" } else { "no chat template: plain completion mode, each line is a prompt" }
-    );
+    let chatml = tok.token_id("<|im_start|>").is_some() && tok.token_id("<|im_end|>").is_some();
+    let pretrained = a.model.join("trainer_state.json").is_file();
+    let (chat, why) = match a.mode {
+        Mode::Chat if !chatml => bail!(
+            "{}: --mode chat needs the tokens <|im_start|> and <|im_end|> in tokenizer.json; use --mode complete",
+            a.model.display()
+        ),
+        Mode::Chat => (true, "chat mode (ChatML)"),
+        Mode::Complete => (false, "plain completion mode, each line is a prompt"),
+        Mode::Auto if !(chatml && has_chat_template(&a.model)) => {
+            (false, "no chat template: plain completion mode, each line is a prompt")
+        }
+        // Only pretraining writes checkpoints here so far: a model trained to chat comes from elsewhere.
+        Mode::Auto if pretrained => (
+            false,
+            "a pretraining checkpoint (a base model): plain completion mode, each line is a prompt; --mode chat for ChatML",
+        ),
+        Mode::Auto => (true, "chat mode (ChatML)"),
+    };
+    eprintln!("{why}; /reset clears the conversation, /exit (or Ctrl-D) quits");
     let ctx = model.cfg.max_seq_len;
     let fresh = || a.system.iter().map(|s| Message { role: "system".into(), content: s.clone() }).collect::<Vec<_>>();
     let mut history = fresh();
