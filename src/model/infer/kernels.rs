@@ -8,7 +8,7 @@
 
 use super::aligned::Aligned;
 use crate::model::kernels::rmsnorm::{row_rstd, scale_row};
-use crate::model::kernels::softmax;
+use crate::model::kernels::{SharedMut, softmax};
 use half::f16;
 use std::cell::RefCell;
 
@@ -204,23 +204,6 @@ impl QuantRows {
     }
 }
 
-/// Raw output pointer shared by threads that write disjoint elements.
-#[derive(Clone, Copy)]
-pub struct OutPtr(pub *mut f32);
-
-impl OutPtr {
-    /// `len` elements from `at`.
-    ///
-    /// # Safety
-    /// In bounds of the buffer, and no other thread uses these elements meanwhile.
-    pub unsafe fn slice(self, at: usize, len: usize) -> &'static mut [f32] {
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(at), len) }
-    }
-}
-// SAFETY: every thread writes a disjoint set of elements (its own weight rows' columns).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
 /// Below this many multiply–adds a product runs on the calling thread (a pool round trip costs more).
 const PAR_MIN_MACS: usize = 1 << 16;
 
@@ -253,8 +236,8 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
 
 /// Runs `f(out, p0, p1)` over ranges of W's panels, threaded; each call alone writes columns
 /// p0 * 16 .. p1 * 16 (within w.rows) of the nb rows of `out` ([nb, w.rows], checked by the caller).
-fn for_panels(out: &mut [f32], w: &Matrix, nb: usize, f: impl Fn(OutPtr, usize, usize) + Sync) {
-    let ptr = OutPtr(out.as_mut_ptr());
+fn for_panels(out: &mut [f32], w: &Matrix, nb: usize, f: impl Fn(SharedMut<f32>, usize, usize) + Sync) {
+    let ptr = SharedMut::new(out);
     let panels = w.rows.div_ceil(LANES);
     let macs = nb * w.rows * w.cols;
     let pool = super::pool::pool();
@@ -274,12 +257,12 @@ fn for_panels(out: &mut [f32], w: &Matrix, nb: usize, f: impl Fn(OutPtr, usize, 
 /// f32 product for the rows n of panels p0..p1, all b < nb.
 /// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes these columns;
 /// x holds at least nb * w.cols values.
-unsafe fn f32_panels(out: OutPtr, x: &[f32], w: &Matrix, nb: usize, p0: usize, p1: usize) {
+unsafe fn f32_panels(out: SharedMut<f32>, x: &[f32], w: &Matrix, nb: usize, p0: usize, p1: usize) {
     let Data::F32(wf) = &w.data else { unreachable!("f32 weights") };
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F; bounds as documented on the caller.
-        unsafe { avx512::f32_panels(out.0, x, wf, w.rows, w.cols, nb, p0, p1) };
+        unsafe { avx512::f32_panels(out.at(0), x, wf, w.rows, w.cols, nb, p0, p1) };
         return;
     }
     let k = w.cols;
@@ -301,11 +284,11 @@ unsafe fn f32_panels(out: OutPtr, x: &[f32], w: &Matrix, nb: usize, p0: usize, p
 /// has it; the portable loop below computes bit-identical results).
 /// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes these columns;
 /// `xq` holds nb rows quantized for w.cols columns.
-unsafe fn q8_panels(out: OutPtr, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
+unsafe fn q8_panels(out: SharedMut<f32>, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni") {
         // SAFETY: the CPU has AVX-512F and VNNI; bounds as documented on the caller.
-        unsafe { avx512::q8_panels(out.0, xq, w, nb, p0, p1) };
+        unsafe { avx512::q8_panels(out.at(0), xq, w, nb, p0, p1) };
         return;
     }
     // SAFETY: forwarded.
@@ -313,7 +296,7 @@ unsafe fn q8_panels(out: OutPtr, xq: &QuantRows, w: &Matrix, nb: usize, p0: usiz
 }
 
 /// SAFETY: as [`q8_panels`].
-unsafe fn q8_panels_portable(out: OutPtr, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
+unsafe fn q8_panels_portable(out: SharedMut<f32>, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
     let Data::Q8 { q, scales } = &w.data else { unreachable!("q8 weights") };
     let nbk = w.cols.div_ceil(Q8_BLOCK);
     let kp = nbk * Q8_BLOCK;
@@ -909,8 +892,8 @@ mod tests {
         let panels = n.div_ceil(LANES);
         // SAFETY: both outputs hold nb * n floats; this thread owns all panels.
         unsafe {
-            q8_panels(OutPtr(simd.as_mut_ptr()), &xq, &m, nb, 0, panels);
-            q8_panels_portable(OutPtr(portable.as_mut_ptr()), &xq, &m, nb, 0, panels);
+            q8_panels(SharedMut::new(&mut simd), &xq, &m, nb, 0, panels);
+            q8_panels_portable(SharedMut::new(&mut portable), &xq, &m, nb, 0, panels);
         }
         assert_eq!(simd, portable);
     }
@@ -1006,7 +989,7 @@ mod tests {
             for q in [Quant::F32, Quant::Q8] {
                 let m = Matrix::new(&w, n, k, q);
                 let mut all = vec![0.0; nb * n];
-                let (out, panels) = (OutPtr(all.as_mut_ptr()), n.div_ceil(LANES));
+                let (out, panels) = (SharedMut::new(&mut all), n.div_ceil(LANES));
                 let mut xq = QuantRows::default();
                 xq.quantize(&x, nb, k);
                 // SAFETY: `all` holds nb * n floats; this thread owns all panels.

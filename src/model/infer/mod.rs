@@ -12,13 +12,13 @@ pub mod kernels;
 pub mod pool;
 
 use crate::model::config::ModelConfig;
-use crate::model::kernels::silu;
+use crate::model::kernels::{SharedMut, silu};
 use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
 use aligned::Aligned;
 use half::f16;
 pub use kernels::Quant;
-use kernels::{KEY_BLOCK, Matrix, OutPtr, attend, matmul, rmsnorm, rope};
+use kernels::{KEY_BLOCK, Matrix, attend, matmul, rmsnorm, rope};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -231,22 +231,6 @@ fn cache_size(s: &str) -> Option<usize> {
 /// Rows per thread from which a decode step is split over the threads ([`InferModel::decode`]).
 pub const SPLIT_ROWS: usize = 2;
 
-/// The caches of a split decode step, shared by its threads (each takes its own range).
-#[derive(Clone, Copy)]
-struct CachesPtr(*mut KvCache, usize);
-// SAFETY: each thread makes a slice of a range of caches no other thread uses (`range`).
-unsafe impl Sync for CachesPtr {}
-
-impl CachesPtr {
-    /// Caches lo..hi.
-    /// # Safety
-    /// hi <= the length, and no other thread uses these caches meanwhile.
-    unsafe fn range<'a>(self, lo: usize, hi: usize) -> &'a mut [KvCache] {
-        debug_assert!(lo < hi && hi <= self.1);
-        unsafe { std::slice::from_raw_parts_mut(self.0.add(lo), hi - lo) }
-    }
-}
-
 /// Activation buffers of one model for up to `max_rows` rows per step.
 pub struct Scratch {
     max_rows: usize,
@@ -435,8 +419,8 @@ impl InferModel {
         }
         self.check(caches, rows)?;
         let (nr, v) = (rows.len(), self.cfg.vocab_size);
-        let logits = OutPtr(s.logits.as_mut_ptr());
-        let all = CachesPtr(caches.as_mut_ptr(), caches.len());
+        let logits = SharedMut::new(&mut s.logits);
+        let all = SharedMut::new(caches);
         let parts = &s.parts;
         pool::pool().run(nt, |t| {
             let part = &rows[t * nr / nt..(t + 1) * nr / nt];
@@ -448,8 +432,9 @@ impl InferModel {
             // SAFETY: the rows are in increasing cache order, so the parts' cache ranges
             // lo..=last are disjoint and within `caches` (checked above); likewise their rows of
             // logits ([nr, vocab] fit in s.logits: nr <= max_rows).
-            let (cs, out) =
-                unsafe { (all.range(lo, part[part.len() - 1].0 + 1), logits.slice(t * nr / nt * v, part.len() * v)) };
+            let (cs, out) = unsafe {
+                (all.slice(lo, part[part.len() - 1].0 + 1 - lo), logits.slice(t * nr / nt * v, part.len() * v))
+            };
             // Cannot fail: the rows were checked above, and a part's scratch holds its share
             // (ceil(nr / nt) <= ceil(max_rows / nt) rows).
             self.step_into(scratch, cs, local, Logits::Last, out).expect("a checked split step");
@@ -590,7 +575,7 @@ impl InferModel {
         let nr = rows.len();
         let (qkv, pos) = (&s.qkv, &s.pos);
         let ss = c.max_seq_len.next_multiple_of(KEY_BLOCK);
-        let (att, scores) = (OutPtr(s.att.as_mut_ptr()), OutPtr(s.scores.as_mut_ptr()));
+        let (att, scores) = (SharedMut::new(&mut s.att), SharedMut::new(&mut s.scores));
         let pairs = nr * nkv;
         let work: usize = (0..nr).map(|i| pos[i] + 1).sum::<usize>() * c.n_heads * hd;
         let tasks = if work < 1 << 14 { 1 } else { pairs.min(pool::pool().threads() * 4) };

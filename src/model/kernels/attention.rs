@@ -3,7 +3,7 @@
 //! softmax: S = Q·Kᵀ, P = softmax(S·scale) under the causal mask, O = P·V.
 
 use super::gemm::{Mat, gemm_serial};
-use super::{exp, softmax};
+use super::{SharedMut, exp, softmax};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -29,31 +29,16 @@ impl AttnShape {
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint (row, head) blocks.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer `off` elements further (a method, so closures capture the whole Send wrapper).
-    /// # Safety
-    /// The offset must stay inside the allocation.
-    unsafe fn at(self, off: usize) -> SendPtr {
-        SendPtr(unsafe { self.0.add(off) })
-    }
-}
-
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Copies a [T, hd] block into `dst` rows of width `stride`, starting at `dst`.
+/// Copies a [T, hd] block into rows of width `stride` of `dst`, starting at element `at`.
 /// # Safety
-/// The destination block must be valid and written by no other thread.
-unsafe fn scatter(dst: SendPtr, src: &[f32], stride: usize, hd: usize) {
+/// The destination block must lie in `dst` and be written by no other thread.
+unsafe fn scatter(dst: SharedMut<f32>, at: usize, src: &[f32], stride: usize, hd: usize) {
     for (r, row) in src.chunks_exact(hd).enumerate() {
-        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.0.add(r * stride), hd) };
+        unsafe { dst.slice(at + r * stride, hd) }.copy_from_slice(row);
     }
 }
 
@@ -73,7 +58,7 @@ fn block(r0: usize, t: usize) -> (usize, usize) {
 pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], s: AttnShape) {
     let (t, hd, qw, kw) = (s.t, s.hd, s.q_width(), s.kv_width());
     let scale = 1.0 / (hd as f32).sqrt();
-    let outp = SendPtr(out.as_mut_ptr());
+    let outp = SharedMut::new(out);
     lse.par_chunks_mut(t).enumerate().for_each(|(bh, lse)| {
         let (b, h) = (bh / s.heads, bh % s.heads);
         let g = h / s.group();
@@ -94,7 +79,7 @@ pub fn attention_forward(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32],
                 gemm_serial(rows, hd, keys, Mat::rows(p, keys), vm, &mut o[r0 * hd..], hd, false);
             }
             // SAFETY: rows b*T.. of head h's columns belong to this task only.
-            unsafe { scatter(outp.at(b * t * qw + h * hd), o, qw, hd) };
+            unsafe { scatter(outp, b * t * qw + h * hd, o, qw, hd) };
         });
     });
 }
@@ -122,7 +107,7 @@ pub fn attention_backward(
 ) {
     let (t, hd, qw, kw) = (s.t, s.hd, s.q_width(), s.kv_width());
     let scale = 1.0 / (hd as f32).sqrt();
-    let (dqp, dkp, dvp) = (SendPtr(dq.as_mut_ptr()), SendPtr(dk.as_mut_ptr()), SendPtr(dv.as_mut_ptr()));
+    let (dqp, dkp, dvp) = (SharedMut::new(dq), SharedMut::new(dk), SharedMut::new(dv));
     (0..s.b * s.kv_heads).into_par_iter().for_each(|bg| {
         let (b, g) = (bg / s.kv_heads, bg % s.kv_heads);
         let kt = Mat { data: &k[b * t * kw + g * hd..], rs: 1, cs: kw };
@@ -164,12 +149,12 @@ pub fn attention_backward(
                     gemm_serial(keys, hd, rows, Mat::t(dp, keys), qm, dkg, hd, true);
                 }
                 // SAFETY: head h's columns of rows b*T.. are written by this task only.
-                unsafe { scatter(dqp.at(b * t * qw + h * hd), dqh, qw, hd) };
+                unsafe { scatter(dqp, b * t * qw + h * hd, dqh, qw, hd) };
             }
             // SAFETY: kv head g's columns of rows b*T.. are written by this task only.
             unsafe {
-                scatter(dkp.at(b * t * kw + g * hd), dkg, kw, hd);
-                scatter(dvp.at(b * t * kw + g * hd), dvg, kw, hd);
+                scatter(dkp, b * t * kw + g * hd, dkg, kw, hd);
+                scatter(dvp, b * t * kw + g * hd, dvg, kw, hd);
             }
         });
     });

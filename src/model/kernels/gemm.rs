@@ -6,6 +6,7 @@
 //! falls back to `matrixmultiply`. Threads split the rows (or columns) of `c`, each with its own
 //! packing buffers, so results do not depend on scheduling.
 
+use super::SharedMut;
 use std::cell::RefCell;
 
 /// A read-only strided matrix: element (i, j) at `data[i * rs + j * cs]`.
@@ -30,21 +31,15 @@ impl<'a> Mat<'a> {
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: threads write disjoint row (or column) blocks of `c`.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 /// `c[m, n] = a @ b` (or `+=` when `accumulate`), row stride of c `ldc`, threaded over c's rows
 /// or columns.
 pub fn gemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], ldc: usize, accumulate: bool) {
     assert!(m == 0 || n == 0 || c.len() >= (m - 1) * ldc + n, "c is too short for [m, n]");
     let threads = rayon::current_num_threads();
-    let cp = SendPtr(c.as_mut_ptr());
+    let cp = SharedMut::new(c);
     if threads == 1 || m * n * k < 1 << 18 {
         // SAFETY: c covers [m, n] with stride ldc (asserted above).
-        return unsafe { gemm_serial_ptr(m, n, k, a, b, cp.0, ldc, accumulate) };
+        return unsafe { gemm_serial_ptr(m, n, k, a, b, cp.at(0), ldc, accumulate) };
     }
     let split_rows = m >= n;
     let (len, unit) = if split_rows { (m, MR) } else { (n, NR) };
@@ -57,9 +52,9 @@ pub fn gemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], ldc: us
                 // SAFETY: each task writes its own block of rows (or columns) of c.
                 unsafe {
                     if split_rows {
-                        gemm_serial_ptr(size, n, k, a.offset(start, 0), b, cp.0.add(start * ldc), ldc, accumulate)
+                        gemm_serial_ptr(size, n, k, a.offset(start, 0), b, cp.at(start * ldc), ldc, accumulate)
                     } else {
-                        gemm_serial_ptr(m, size, k, a, b.offset(0, start), cp.0.add(start), ldc, accumulate)
+                        gemm_serial_ptr(m, size, k, a, b.offset(0, start), cp.at(start), ldc, accumulate)
                     }
                 }
             });

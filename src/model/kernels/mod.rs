@@ -11,6 +11,44 @@ pub mod rmsnorm;
 pub mod rope;
 pub mod swiglu;
 
+/// A buffer that several threads write at once, each its own elements (which elements is the
+/// caller's invariant; the bounds are checked in debug builds). Borrows the buffer for `'a`.
+pub struct SharedMut<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _buf: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<T> Clone for SharedMut<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for SharedMut<'_, T> {}
+// SAFETY: threads use disjoint elements (the contract of `slice` and `at`).
+unsafe impl<T: Send> Send for SharedMut<'_, T> {}
+unsafe impl<T: Send> Sync for SharedMut<'_, T> {}
+
+impl<'a, T> SharedMut<'a, T> {
+    pub fn new(buf: &'a mut [T]) -> Self {
+        SharedMut { ptr: buf.as_mut_ptr(), len: buf.len(), _buf: std::marker::PhantomData }
+    }
+    /// Elements `at..at + len`.
+    /// # Safety
+    /// They lie in the buffer, and no other thread uses them meanwhile.
+    pub unsafe fn slice(self, at: usize, len: usize) -> &'a mut [T] {
+        debug_assert!(at + len <= self.len, "{at} + {len} elements in a buffer of {}", self.len);
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
+    }
+    /// A pointer to element `at`, for kernels that take pointers and strides.
+    /// # Safety
+    /// `at` is within the buffer; what is written through it, no other thread uses meanwhile.
+    pub unsafe fn at(self, at: usize) -> *mut T {
+        debug_assert!(at <= self.len, "element {at} of a buffer of {}", self.len);
+        unsafe { self.ptr.add(at) }
+    }
+}
+
 /// Rows per task in row-parallel kernels and in reductions. Fixed (not derived from the thread
 /// count) so that sums happen in the same order on any machine: results are reproducible.
 pub const ROWS_PER_TASK: usize = 64;
