@@ -80,7 +80,8 @@ impl Pool {
     }
 
     /// Whether the calling thread should run its work alone: a pool of one thread, or a call
-    /// from inside a task of this pool (whose other threads are busy with the same job).
+    /// from inside a pool task (the process has one pool, whose other threads are then busy
+    /// with the same job).
     pub fn serial(&self) -> bool {
         self.threads == 1 || IN_TASK.get()
     }
