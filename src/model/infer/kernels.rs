@@ -327,7 +327,7 @@ unsafe fn q8_panels_portable(out: SharedMut<f32>, xq: &QuantRows, w: &Matrix, nb
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Data, LANES, Matrix, Q8_BLOCK, QuantRows};
+    use super::{Data, KEY_BLOCK, KvElem, LANES, Matrix, Q8_BLOCK, QuantRows};
     use std::arch::x86_64::*;
 
     /// Columns ahead of the current one whose f32 weights a tile of 8 or 16 rows prefetches (q8: 4× as
@@ -583,6 +583,107 @@ mod avx512 {
             store(out, &acc, w.rows, b, pn);
         }
     }
+    /// [`super::key_scores`] with 16-wide vectors: a block of 32 keys is two vectors per head.
+    /// # Safety
+    /// AVX-512F; keys: [hd, KEY_BLOCK] (hd = keys.len() / KEY_BLOCK), q: >= H·hd values, scores:
+    /// >= (H − 1)·ss + KEY_BLOCK.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn key_scores<T: KvElem, const H: usize, const U: usize>(
+        scores: &mut [f32],
+        ss: usize,
+        q: &[f32],
+        keys: &[T],
+        scale: f32,
+    ) {
+        let hd = keys.len() / KEY_BLOCK;
+        let (kp, qp) = (keys.as_ptr(), q.as_ptr());
+        let mut acc = [[[_mm512_setzero_ps(); 2]; H]; U];
+        let whole = hd / U * U;
+        // SAFETY (all loads): d < hd, so key rows d·KEY_BLOCK..+32 and q[h·hd + d] are in bounds.
+        unsafe {
+            for d0 in (0..whole).step_by(U) {
+                for u in 0..U {
+                    let k = kp.add((d0 + u) * KEY_BLOCK);
+                    let (k0, k1) = (T::load16(k), T::load16(k.add(16)));
+                    for h in 0..H {
+                        let qv = _mm512_set1_ps(*qp.add(h * hd + d0 + u));
+                        acc[u][h][0] = _mm512_fmadd_ps(qv, k0, acc[u][h][0]);
+                        acc[u][h][1] = _mm512_fmadd_ps(qv, k1, acc[u][h][1]);
+                    }
+                }
+            }
+            for d in whole..hd {
+                let k = kp.add(d * KEY_BLOCK);
+                let (k0, k1) = (T::load16(k), T::load16(k.add(16)));
+                for h in 0..H {
+                    let qv = _mm512_set1_ps(*qp.add(h * hd + d));
+                    acc[0][h][0] = _mm512_fmadd_ps(qv, k0, acc[0][h][0]);
+                    acc[0][h][1] = _mm512_fmadd_ps(qv, k1, acc[0][h][1]);
+                }
+            }
+            let sc = _mm512_set1_ps(scale);
+            for h in 0..H {
+                for half in 0..2 {
+                    let mut sum = acc[0][h][half];
+                    for a in &acc[1..] {
+                        sum = _mm512_add_ps(sum, a[h][half]);
+                    }
+                    _mm512_storeu_ps(scores.as_mut_ptr().add(h * ss + half * 16), _mm512_mul_ps(sum, sc));
+                }
+            }
+        }
+    }
+
+    /// [`super::weighted_sum`] with 16-wide vectors: a value row is HD / 16 vectors.
+    /// # Safety
+    /// AVX-512F; HD a multiple of 16, at most 128; v: >= n·HD, p: >= (H − 1)·ss + n, out: >= H·HD.
+    #[allow(clippy::needless_range_loop)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn weighted_sum<T: KvElem, const H: usize, const HD: usize, const U: usize>(
+        out: &mut [f32],
+        p: &[f32],
+        ss: usize,
+        v: &[T],
+        n: usize,
+    ) {
+        let nv = HD / 16;
+        let (vp, pp) = (v.as_ptr(), p.as_ptr());
+        let mut acc = [[[_mm512_setzero_ps(); 8]; H]; U];
+        let whole = n / U * U;
+        // SAFETY (all loads): t < n, so value row t and p[h·ss + t] are in bounds.
+        unsafe {
+            for t0 in (0..whole).step_by(U) {
+                for u in 0..U {
+                    let row = vp.add((t0 + u) * HD);
+                    for h in 0..H {
+                        let pv = _mm512_set1_ps(*pp.add(h * ss + t0 + u));
+                        for i in 0..nv {
+                            acc[u][h][i] = _mm512_fmadd_ps(pv, T::load16(row.add(i * 16)), acc[u][h][i]);
+                        }
+                    }
+                }
+            }
+            for t in whole..n {
+                let row = vp.add(t * HD);
+                for h in 0..H {
+                    let pv = _mm512_set1_ps(*pp.add(h * ss + t));
+                    for i in 0..nv {
+                        acc[0][h][i] = _mm512_fmadd_ps(pv, T::load16(row.add(i * 16)), acc[0][h][i]);
+                    }
+                }
+            }
+            for h in 0..H {
+                for i in 0..nv {
+                    let mut sum = acc[0][h][i];
+                    for a in &acc[1..] {
+                        sum = _mm512_add_ps(sum, a[h][i]);
+                    }
+                    _mm512_storeu_ps(out.as_mut_ptr().add(h * HD + i * 16), sum);
+                }
+            }
+        }
+    }
 }
 
 /// RMSNorm of each row. x: [N, C], w: [C] -> out: [N, C].
@@ -616,11 +717,22 @@ pub trait KvElem: Copy + Send + Sync {
     /// build targets the native CPU, `.cargo/config.toml`; without F16C enabled at compile time
     /// `half` converts one value at a time).
     fn to_f32(self) -> f32;
+    /// 16 values from `p`, widened to f32 as `to_f32` does.
+    /// # Safety
+    /// `p` points to 16 readable values; the CPU has AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load16(p: *const Self) -> std::arch::x86_64::__m512;
 }
 
 impl KvElem for f32 {
     fn to_f32(self) -> f32 {
         self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f32) -> std::arch::x86_64::__m512 {
+        // SAFETY: as documented on the trait.
+        unsafe { std::arch::x86_64::_mm512_loadu_ps(p) }
     }
 }
 
@@ -628,11 +740,25 @@ impl KvElem for i8 {
     fn to_f32(self) -> f32 {
         self as f32
     }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const i8) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: as documented on the trait.
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p.cast()))) }
+    }
 }
 
 impl KvElem for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load16(p: *const f16) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        // SAFETY: as documented on the trait.
+        unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
     }
 }
 
@@ -724,8 +850,26 @@ pub fn attend<T: KvElem>(
 /// chains of multiply–adds hide their latency. The main loop indexes only fixed-size chunks, so no
 /// bounds check sits inside it: with one there, the accumulators were stored to memory on every pass
 /// (measured: attention twice as slow).
-#[allow(clippy::needless_range_loop)]
 fn key_scores<T: KvElem, const H: usize, const U: usize>(
+    scores: &mut [f32],
+    ss: usize,
+    q: &[f32],
+    keys: &[T],
+    scale: f32,
+) {
+    let hd = keys.len() / KEY_BLOCK;
+    assert!(keys.len() == hd * KEY_BLOCK && q.len() >= H * hd && scores.len() >= (H - 1) * ss + KEY_BLOCK);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; the sizes are asserted above.
+        return unsafe { avx512::key_scores::<T, H, U>(scores, ss, q, keys, scale) };
+    }
+    key_scores_portable::<T, H, U>(scores, ss, q, keys, scale)
+}
+
+/// [`key_scores`] in plain loops (what the AVX-512 kernel computes, operation for operation).
+#[allow(clippy::needless_range_loop)]
+fn key_scores_portable<T: KvElem, const H: usize, const U: usize>(
     scores: &mut [f32],
     ss: usize,
     q: &[f32],
@@ -766,8 +910,25 @@ fn key_scores<T: KvElem, const H: usize, const U: usize>(
 /// registers (U partial sums over positions t ≡ u mod U, leftover positions in the first, for at
 /// least 8 independent chains of multiply–adds) and each value row loaded once for all heads.
 /// v: [>= n, HD].
-#[allow(clippy::needless_range_loop)]
 fn weighted_sum<T: KvElem, const H: usize, const HD: usize, const U: usize>(
+    out: &mut [f32],
+    p: &[f32],
+    ss: usize,
+    v: &[T],
+    n: usize,
+) {
+    assert!(v.len() >= n * HD && p.len() >= (H - 1) * ss + n && out.len() >= H * HD);
+    #[cfg(target_arch = "x86_64")]
+    if HD.is_multiple_of(16) && HD <= 128 && std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F; the sizes are asserted above.
+        return unsafe { avx512::weighted_sum::<T, H, HD, U>(out, p, ss, v, n) };
+    }
+    weighted_sum_portable::<T, H, HD, U>(out, p, ss, v, n)
+}
+
+/// [`weighted_sum`] in plain loops (what the AVX-512 kernel computes, operation for operation).
+#[allow(clippy::needless_range_loop)]
+fn weighted_sum_portable<T: KvElem, const H: usize, const HD: usize, const U: usize>(
     out: &mut [f32],
     p: &[f32],
     ss: usize,
@@ -896,6 +1057,51 @@ mod tests {
             q8_panels_portable(SharedMut::new(&mut portable), &xq, &m, nb, 0, panels);
         }
         assert_eq!(simd, portable);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn attention_simd_and_portable_kernels_are_bit_identical() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        fn check<T: KvElem>(elem: impl Fn(f32) -> T) {
+            let ss = 2 * KEY_BLOCK + 8;
+            let same = |a: Vec<f32>, b: Vec<f32>, what: &str| assert!(a == b, "{what}: {a:?} vs {b:?}");
+            // head dims with and without leftover dimensions for U partial sums
+            for hd in [32usize, 48, 64, 9, 11] {
+                let keys: Vec<T> = rand_vec(hd * KEY_BLOCK, 1).into_iter().map(&elem).collect();
+                let q = rand_vec(4 * hd, 2);
+                macro_rules! scores {
+                    ($($h:literal, $u:literal);*) => {$({
+                        let (mut simd, mut plain) = (vec![0.0; 4 * ss], vec![0.0; 4 * ss]);
+                        // SAFETY: the CPU has AVX-512F; keys [hd, 32], q [4, hd], scores [4, ss].
+                        unsafe { avx512::key_scores::<T, $h, $u>(&mut simd, ss, &q, &keys, 0.3) };
+                        key_scores_portable::<T, $h, $u>(&mut plain, ss, &q, &keys, 0.3);
+                        same(simd, plain, &format!("key_scores H {} U {} hd {hd}", $h, $u));
+                    })*};
+                }
+                scores!(4, 1; 3, 2; 2, 2; 1, 4);
+            }
+            // positions with and without leftovers for U partial sums
+            for n in [1usize, 6, 37, 70] {
+                let v: Vec<T> = rand_vec(n * 128, 3).into_iter().map(&elem).collect();
+                let p = rand_vec(4 * ss, 4);
+                macro_rules! sums {
+                    ($($h:literal, $hd:literal, $u:literal);*) => {$({
+                        let (mut simd, mut plain) = (vec![0.0; 4 * 128], vec![0.0; 4 * 128]);
+                        // SAFETY: the CPU has AVX-512F; v [n, 128], p [4, ss], out [4, 128].
+                        unsafe { avx512::weighted_sum::<T, $h, $hd, $u>(&mut simd, &p, ss, &v, n) };
+                        weighted_sum_portable::<T, $h, $hd, $u>(&mut plain, &p, ss, &v, n);
+                        same(simd, plain, &format!("weighted_sum H {} HD {} U {} n {n}", $h, $hd, $u));
+                    })*};
+                }
+                sums!(4, 32, 1; 2, 32, 2; 1, 32, 4; 4, 48, 1; 2, 48, 2; 1, 48, 4; 4, 64, 1; 2, 64, 1; 1, 64, 2; 2, 128, 1; 1, 128, 1);
+            }
+        }
+        check(|x| x);
+        check(f16::from_f32);
+        check(|x| (x * 250.0) as i8);
     }
 
     #[test]
