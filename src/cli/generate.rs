@@ -119,7 +119,6 @@ impl RunArgs {
                 model.cfg.vocab_size
             );
         }
-        let cache = KvCache::new(&model.cfg, model.cfg.max_seq_len, model.kv);
         eprintln!(
             "loaded {} ({:.1}M params, weights {}, context {}, KV cache {} at {} per sequence) in {:.2}s",
             dir.display(),
@@ -127,7 +126,7 @@ impl RunArgs {
             format!("{:?}", self.quant).to_lowercase(),
             model.cfg.max_seq_len,
             format!("{:?}", model.kv).to_lowercase(),
-            size(cache.bytes()),
+            size(KvCache::bytes(&model.cfg, model.cfg.max_seq_len, model.kv)),
             t0.elapsed().as_secs_f64()
         );
         Ok((model, tok))

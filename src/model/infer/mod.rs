@@ -122,7 +122,7 @@ impl KvCache {
     /// A cache for `cap` positions (at most the model's `max_seq_len`).
     pub fn new(cfg: &ModelConfig, cap: usize, kv: KvType) -> Self {
         let cap = cap.min(cfg.max_seq_len);
-        let n = cfg.n_layers * cap.next_multiple_of(KEY_BLOCK) * cfg.kv_dim();
+        let n = Self::elems(cfg, cap);
         let data = match kv {
             KvType::F32 => KvData::F32 { k: Aligned::zeroed(n), v: Aligned::zeroed(n) },
             KvType::F16 => KvData::F16 { k: Aligned::zeroed(n), v: Aligned::zeroed(n) },
@@ -137,6 +137,20 @@ impl KvCache {
             }
         };
         KvCache { data, cap, len: 0 }
+    }
+    /// Keys (and as many values) a cache of `cap` positions stores.
+    fn elems(cfg: &ModelConfig, cap: usize) -> usize {
+        cfg.n_layers * cap.min(cfg.max_seq_len).next_multiple_of(KEY_BLOCK) * cfg.kv_dim()
+    }
+    /// Bytes that [`KvCache::new`] allocates for `cap` positions (keys and values, and their
+    /// scales in q8), without allocating them.
+    pub fn bytes(cfg: &ModelConfig, cap: usize, kv: KvType) -> usize {
+        let n = Self::elems(cfg, cap);
+        match kv {
+            KvType::F32 => 2 * n * 4,
+            KvType::F16 => 2 * n * 2,
+            KvType::Q8 => 2 * n + 2 * (n / cfg.head_dim) * 4,
+        }
     }
     /// Positions per head in `k` and `v`: the capacity rounded up to whole key blocks.
     fn stride(&self) -> usize {
@@ -187,14 +201,6 @@ impl KvCache {
     }
     pub fn capacity(&self) -> usize {
         self.cap
-    }
-    /// Memory held for keys and values (and their scales, in q8).
-    pub fn bytes(&self) -> usize {
-        match &self.data {
-            KvData::F32 { k, v } => (k.len() + v.len()) * 4,
-            KvData::F16 { k, v } => (k.len() + v.len()) * 2,
-            KvData::Q8 { k, v, ks, vs } => k.len() + v.len() + (ks.len() + vs.len()) * 4,
-        }
     }
     /// Forgets the sequence; the memory is kept.
     pub fn clear(&mut self) {
@@ -608,12 +614,29 @@ impl InferModel {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_bytes_are_what_a_cache_allocates() {
+        let (cfg, _, _) = ModelConfig::preset("tiny").unwrap();
+        for kv in [KvType::F32, KvType::F16, KvType::Q8] {
+            for cap in [1, 33, 100, cfg.max_seq_len + 5] {
+                let held = match KvCache::new(&cfg, cap, kv).data {
+                    KvData::F32 { k, v } => (k.len() + v.len()) * 4,
+                    KvData::F16 { k, v } => (k.len() + v.len()) * 2,
+                    KvData::Q8 { k, v, ks, vs } => k.len() + v.len() + (ks.len() + vs.len()) * 4,
+                };
+                assert_eq!(KvCache::bytes(&cfg, cap, kv), held, "{kv:?} cap {cap}");
+            }
+        }
+    }
+
     #[test]
     fn reads_sysfs_cache_sizes() {
-        assert_eq!(super::cache_size("32768K\n"), Some(32 << 20));
-        assert_eq!(super::cache_size("1M"), Some(1 << 20));
-        assert_eq!(super::cache_size("512"), Some(512));
-        assert_eq!(super::cache_size("big"), None);
-        assert_eq!(super::cache_size("2G"), None);
+        assert_eq!(cache_size("32768K\n"), Some(32 << 20));
+        assert_eq!(cache_size("1M"), Some(1 << 20));
+        assert_eq!(cache_size("512"), Some(512));
+        assert_eq!(cache_size("big"), None);
+        assert_eq!(cache_size("2G"), None);
     }
 }
