@@ -330,6 +330,9 @@ mod avx512 {
     use super::{Data, KEY_BLOCK, KvElem, LANES, Matrix, Q8_BLOCK, QuantRows};
     use std::arch::x86_64::*;
 
+    // key_scores holds a block of keys in two 16-wide vectors.
+    const _: () = assert!(KEY_BLOCK == 32);
+
     /// Columns ahead of the current one whose f32 weights a tile of 8 or 16 rows prefetches (q8: 4× as
     /// many, the same bytes ahead): there the product is no longer bound by memory alone, and the
     /// hardware prefetcher alone leaves the weight stream stalled between bursts of arithmetic
@@ -712,7 +715,7 @@ pub fn rope(x: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) {
 pub const KEY_BLOCK: usize = 32;
 
 /// An element of a KV cache as stored: f32, f16, or i8 (q8, scaled per position).
-pub trait KvElem: Copy + Send + Sync {
+pub(crate) trait KvElem: Copy + Send + Sync {
     /// Exact (f16 → f32 widening loses nothing); in vector loops F16C widens 16 at a time (the
     /// build targets the native CPU, `.cargo/config.toml`; without F16C enabled at compile time
     /// `half` converts one value at a time).
@@ -771,7 +774,7 @@ impl KvElem for f16 {
 /// keys and values with one scale per position, keys' and values', [>= n] each): each raw score
 /// is multiplied by its key's scale, each softmax weight by its value's scale.
 #[allow(clippy::too_many_arguments)]
-pub fn attend<T: KvElem>(
+pub(crate) fn attend<T: KvElem>(
     out: &mut [f32],
     scores: &mut [f32],
     ss: usize,
@@ -1067,7 +1070,8 @@ mod tests {
         }
         fn check<T: KvElem>(elem: impl Fn(f32) -> T) {
             let ss = 2 * KEY_BLOCK + 8;
-            let same = |a: Vec<f32>, b: Vec<f32>, what: &str| assert!(a == b, "{what}: {a:?} vs {b:?}");
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let same = |a: Vec<f32>, b: Vec<f32>, what: &str| assert!(bits(&a) == bits(&b), "{what}: {a:?} vs {b:?}");
             // head dims with and without leftover dimensions for U partial sums
             for hd in [32usize, 48, 64, 9, 11] {
                 let keys: Vec<T> = rand_vec(hd * KEY_BLOCK, 1).into_iter().map(&elem).collect();

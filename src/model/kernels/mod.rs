@@ -12,7 +12,8 @@ pub mod rope;
 pub mod swiglu;
 
 /// A buffer that several threads write at once, each its own elements (which elements is the
-/// caller's invariant; the bounds are checked in debug builds). Borrows the buffer for `'a`.
+/// caller's invariant; debug builds check that slices lie in the buffer). Borrows the buffer for
+/// `'a`.
 pub struct SharedMut<'a, T> {
     ptr: *mut T,
     len: usize,
@@ -40,7 +41,8 @@ impl<'a, T> SharedMut<'a, T> {
         debug_assert!(at + len <= self.len, "{at} + {len} elements in a buffer of {}", self.len);
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
-    /// A pointer to element `at`, for kernels that take pointers and strides.
+    /// A pointer to element `at`, for kernels that take pointers and strides (debug builds check
+    /// `at`, not how far the kernel writes).
     /// # Safety
     /// `at` is within the buffer; what is written through it, no other thread uses meanwhile.
     pub unsafe fn at(self, at: usize) -> *mut T {
