@@ -1,7 +1,8 @@
 //! Batched generation on tiny random models: batched greedy equals one-at-a-time greedy for ragged
-//! prompts, seeded sampling is reproducible, stop conditions and bad input.
+//! prompts, seeded sampling is reproducible, kept KV caches reuse shared prefixes, stop conditions
+//! and bad input.
 
-use shoucuo::generate::{Finish, GenerateError, Generation, SamplingParams, generate};
+use shoucuo::generate::{Caches, Finish, GenerateError, Generation, SamplingParams, generate, generate_in};
 use shoucuo::model::config::ModelConfig;
 use shoucuo::model::infer::{InferModel, Quant};
 use shoucuo::model::params::{ParamLayout, init_params};
@@ -152,4 +153,45 @@ fn too_long_or_empty_prompts_are_clear_errors() {
     let out = generate(&m, &t, &[vec![1u32; 46]], &SamplingParams::greedy(10), 1, &mut |_, _| {}).unwrap();
     assert_eq!(out[0].finish, Finish::Context);
     assert_eq!(out[0].tokens.len(), 3, "46 in the cache + 2 decoded fill 48; the 3rd is drawn but never fed");
+}
+
+#[test]
+fn kept_caches_reuse_shared_prefixes_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = tok(dir.path());
+    let m = model(Quant::F32);
+    let greedy = SamplingParams::greedy(8);
+    let seeded = SamplingParams { temperature: 1.0, top_p: 0.9, seed: 5, ..SamplingParams::greedy(8) };
+    let fresh =
+        |prompts: &[Vec<u32>], p: &SamplingParams, b: usize| generate(&m, &t, prompts, p, b, &mut |_, _| {}).unwrap();
+    for p in [&greedy, &seeded] {
+        // a chat: the next turn's prompt is the last prompt, its answer and more
+        let mut kept = Caches::default();
+        let turn1 = vec![5, 6, 7];
+        let g1 = generate_in(&mut kept, &m, &t, std::slice::from_ref(&turn1), p, 1, &mut |_, _| {}).unwrap();
+        assert_eq!((g1[0].finish, kept.reused_tokens()), (Finish::Length, 0));
+        let turn2: Vec<u32> = [&turn1[..], &g1[0].tokens[..], &[11, 12]].concat();
+        let g2 = generate_in(&mut kept, &m, &t, std::slice::from_ref(&turn2), p, 1, &mut |_, _| {}).unwrap();
+        assert_eq!(g2, fresh(std::slice::from_ref(&turn2), p, 1));
+        // the cache held the prompt and every answer token but the last (drawn, never fed)
+        assert_eq!(kept.reused_tokens(), turn1.len() + g1[0].tokens.len() - 1);
+        // the same prompt again: all but its last token reused
+        let before = kept.reused_tokens();
+        let g3 = generate_in(&mut kept, &m, &t, std::slice::from_ref(&turn2), p, 1, &mut |_, _| {}).unwrap();
+        assert_eq!((g3, kept.reused_tokens() - before), (g2, turn2.len() - 1));
+
+        // a batch sharing a system prompt: slots reuse it from the prompts they held before
+        let prompts: Vec<Vec<u32>> = (0..6).map(|i| vec![40, 41, 42, 43, 20 + i, 30 + i]).collect();
+        let mut kept = Caches::default();
+        let batched = generate_in(&mut kept, &m, &t, &prompts, p, 2, &mut |_, _| {}).unwrap();
+        assert_eq!(batched, fresh(&prompts, p, 1));
+        assert_eq!(kept.reused_tokens(), 4 * 4, "4 prompts after the first 2 reuse 4 tokens each");
+
+        // an error empties the caches: nothing is reused after it
+        let long = vec![1; cfg().max_seq_len];
+        assert!(generate_in(&mut kept, &m, &t, &[long], p, 1, &mut |_, _| {}).is_err());
+        let before = kept.reused_tokens();
+        generate_in(&mut kept, &m, &t, &prompts[..1], p, 1, &mut |_, _| {}).unwrap();
+        assert_eq!(kept.reused_tokens(), before);
+    }
 }

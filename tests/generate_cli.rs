@@ -207,7 +207,11 @@ fn chat_and_completion_modes() {
     };
     assert!(!chat_mode(m, &["--mode", "complete"]));
     std::fs::write(dir.path().join("trainer_state.json"), "{}").unwrap();
+    assert!(chat_mode(m, &[]), "another trainer's checkpoint");
+    std::fs::write(dir.path().join("recipe.toml"), "").unwrap();
     assert!(!chat_mode(m, &[]));
+    let r = shoucuo(&["chat", "--model", m, "--system", "w5", "--max-new-tokens", "2"], "w9\n");
+    assert!(r.status.success() && text(&r.stderr).contains("--system applies to chat mode only"));
     assert!(chat_mode(m, &["--mode", "chat"]));
     let tj = dir.path().join("tokenizer.json");
     std::fs::write(&tj, std::fs::read_to_string(&tj).unwrap().replace("im_start", "im_begin")).unwrap();

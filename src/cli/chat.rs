@@ -2,7 +2,7 @@
 
 use super::generate::{RunArgs, SamplingArgs};
 use crate::generate::chat::{Message, fit_history};
-use crate::generate::{TextStream, generate};
+use crate::generate::{Caches, TextStream, generate_in};
 use anyhow::bail;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -37,7 +37,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (model, tok) = a.run.load(&a.model)?;
     let p = a.sampling.params(&tok)?;
     let chatml = tok.token_id("<|im_start|>").is_some() && tok.token_id("<|im_end|>").is_some();
-    let pretrained = a.model.join("trainer_state.json").is_file();
+    // What shoucuo's pretraining writes into each checkpoint (other trainers' checkpoints may
+    // hold a trainer_state.json too, but not a recipe).
+    let pretrained = ["trainer_state.json", "recipe.toml"].iter().all(|f| a.model.join(f).is_file());
     let (chat, why) = match a.mode {
         Mode::Chat if !chatml => bail!(
             "{}: --mode chat needs the tokens <|im_start|> and <|im_end|> in tokenizer.json; use --mode complete",
@@ -56,9 +58,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Mode::Auto => (true, "chat mode (ChatML)"),
     };
     eprintln!("{why}; /reset clears the conversation, /exit (or Ctrl-D) quits");
+    if !chat && a.system.is_some() {
+        eprintln!("(--system applies to chat mode only; ignored)");
+    }
     let ctx = model.cfg.max_seq_len;
     let fresh = || a.system.iter().map(|s| Message { role: "system".into(), content: s.clone() }).collect::<Vec<_>>();
     let mut history = fresh();
+    // The conversation's KV cache, kept between turns: each turn prefills only what is new.
+    let mut kept = Caches::default();
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -102,7 +109,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut on_token = |_: usize, t: u32| {
             let _ = write!(out, "{}", ts.push(t)).and_then(|_| out.flush());
         };
-        let g = generate(&model, &tok, &[ids], &p, 1, &mut on_token)?;
+        let g = generate_in(&mut kept, &model, &tok, &[ids], &p, 1, &mut on_token)?;
         writeln!(out, "{}", ts.finish())?;
         if chat && let Some(g) = g.into_iter().next() {
             history.push(Message { role: "assistant".into(), content: g.text });

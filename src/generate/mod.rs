@@ -3,7 +3,8 @@
 //! [`generate`] keeps up to `batch_size` sequences in flight: each new prompt is prefilled alone
 //! (GEMM), then all live sequences advance together, one token each per step, through one batched
 //! pass over the weights. A sequence that finishes (stop token, stop string, max tokens, full
-//! context) frees its slot for the next prompt.
+//! context) frees its slot for the next prompt, whose prefill skips what it shares with the
+//! slot's cache; [`generate_in`] keeps the caches between calls (a chat's turns).
 
 pub mod chat;
 pub mod sampling;
@@ -63,6 +64,55 @@ pub fn generate(
     batch_size: usize,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Generation>, GenerateError> {
+    generate_in(&mut Caches::default(), model, tok, prompts, p, batch_size, on_token)
+}
+
+/// KV caches kept from one [`generate_in`] call to the next (for one model), with the tokens each
+/// holds: a prompt that begins with a cache's tokens — a chat's next turn, prompts that share a
+/// system prompt — prefills only the rest. The logits are the same as from a fresh prefill.
+#[derive(Default)]
+pub struct Caches {
+    caches: Vec<KvCache>,
+    /// The tokens in each cache, in order (as many as its length).
+    held: Vec<Vec<u32>>,
+    reused: usize,
+}
+
+impl Caches {
+    /// Prompt tokens not prefilled because a cache already held them, over all calls.
+    pub fn reused_tokens(&self) -> usize {
+        self.reused
+    }
+}
+
+/// [`generate`] with KV caches kept in `kept` between calls. After an error the caches are
+/// emptied (a failed step may have filled part of one).
+pub fn generate_in(
+    kept: &mut Caches,
+    model: &InferModel,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    p: &SamplingParams,
+    batch_size: usize,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Generation>, GenerateError> {
+    let r = run(kept, model, tok, prompts, p, batch_size, on_token);
+    if r.is_err() {
+        kept.held.iter_mut().for_each(Vec::clear);
+        kept.caches.iter_mut().for_each(KvCache::clear);
+    }
+    r
+}
+
+fn run(
+    kept: &mut Caches,
+    model: &InferModel,
+    tok: &Tok,
+    prompts: &[Vec<u32>],
+    p: &SamplingParams,
+    batch_size: usize,
+    on_token: &mut dyn FnMut(usize, u32),
+) -> Result<Vec<Generation>, GenerateError> {
     p.validate().map_err(GenerateError::Params)?;
     let cfg = &model.cfg;
     let cap = cfg.max_seq_len;
@@ -76,7 +126,12 @@ pub fn generate(
     }
     let b = batch_size.clamp(1, prompts.len().max(1));
     let mut scratch = Scratch::new(model, b.max(64));
-    let mut caches: Vec<KvCache> = (0..b).map(|_| KvCache::new(cfg, cap, model.kv)).collect();
+    while kept.caches.len() < b {
+        kept.caches.push(KvCache::new(cfg, cap, model.kv));
+        kept.held.push(vec![]);
+    }
+    let Caches { caches, held, reused } = kept;
+    let caches = &mut caches[..b];
     // One sampler ([vocab] scratch) per pool thread: the live sequences draw in parallel.
     let mut samplers: Vec<Mutex<Sampler>> =
         (0..pool().threads()).map(|_| Mutex::new(Sampler::new(cfg.vocab_size))).collect();
@@ -90,9 +145,15 @@ pub fn generate(
             while slot.is_none() && next < prompts.len() {
                 let (i, prompt) = (next, &prompts[next]);
                 next += 1;
-                let cache = &mut caches[si];
-                cache.clear();
-                let logits = model.prefill(&mut scratch, cache, prompt)?;
+                let (cache, held) = (&mut caches[si], &mut held[si]);
+                // Keep the prefix the cache shares with the prompt, less at least the prompt's
+                // last token, whose logits start the continuation.
+                let same = held.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+                cache.truncate(same);
+                held.truncate(same);
+                *reused += same;
+                let logits = model.prefill(&mut scratch, cache, &prompt[same..])?;
+                held.extend_from_slice(&prompt[same..]);
                 let seq = SeqSampler::new(p, i as u64, cfg.vocab_size, prompt);
                 let scan = (!p.stop_strings.is_empty()).then(|| StopScan::new(tok, &p.stop_strings));
                 let mut live = Live { index: i, seq: Mutex::new(seq), tokens: vec![], scan };
@@ -108,7 +169,8 @@ pub fn generate(
         if rows.is_empty() {
             break;
         }
-        let logits = model.decode(&mut scratch, &mut caches, &rows)?;
+        let logits = model.decode(&mut scratch, caches, &rows)?;
+        rows.iter().for_each(|&(si, t)| held[si].push(t));
         sample_rows(&slots, &samplers, logits, cfg.vocab_size, p, &drawn[..rows.len()]);
         for (&(si, _), t) in rows.iter().zip(&drawn) {
             let t = t.load(Relaxed);

@@ -206,6 +206,10 @@ impl KvCache {
     pub fn clear(&mut self) {
         self.len = 0;
     }
+    /// Forgets all but the first `len` positions.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
 }
 
 /// Bytes of the last-level CPU cache (Linux sysfs), or 32 MiB where that is unknown.
