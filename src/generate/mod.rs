@@ -83,6 +83,12 @@ impl Caches {
     pub fn reused_tokens(&self) -> usize {
         self.reused
     }
+
+    /// Empties every cache (their memory is kept).
+    fn forget(&mut self) {
+        self.held.iter_mut().for_each(Vec::clear);
+        self.caches.iter_mut().for_each(KvCache::clear);
+    }
 }
 
 /// [`generate`] with KV caches kept in `kept` between calls. After an error the caches are
@@ -96,14 +102,10 @@ pub fn generate_in(
     batch_size: usize,
     on_token: &mut dyn FnMut(usize, u32),
 ) -> Result<Vec<Generation>, GenerateError> {
-    let r = run(kept, model, tok, prompts, p, batch_size, on_token);
-    if r.is_err() {
-        kept.held.iter_mut().for_each(Vec::clear);
-        kept.caches.iter_mut().for_each(KvCache::clear);
-    }
-    r
+    run(kept, model, tok, prompts, p, batch_size, on_token).inspect_err(|_| kept.forget())
 }
 
+/// The body of [`generate_in`], which empties the caches when this fails.
 fn run(
     kept: &mut Caches,
     model: &InferModel,

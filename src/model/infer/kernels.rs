@@ -586,6 +586,7 @@ mod avx512 {
             store(out, &acc, w.rows, b, pn);
         }
     }
+
     /// [`super::key_scores`] with 16-wide vectors: a block of 32 keys is two vectors per head.
     /// # Safety
     /// AVX-512F; keys: [hd, KEY_BLOCK] (hd = keys.len() / KEY_BLOCK), q: >= H·hd values, scores:
