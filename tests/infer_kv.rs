@@ -257,36 +257,49 @@ fn many_sequence_decode_equals_one_at_a_time_and_errors_change_nothing() {
     for q in [Quant::F32, Quant::Q8] {
         let m = InferModel::new(&c, &params(&c, 4), q).unwrap();
         // SPLIT_ROWS rows per pool thread and one more, so the step is split wherever there are
-        // several threads (and not with one)
+        // several threads (and not with one); then 8 per thread and one more, so that each
+        // thread's products take a tile of 8 rows where the CPU has AMX
         let threads = shoucuo::model::infer::pool::pool().threads();
-        let (n, steps) = ((SPLIT_ROWS * threads + 1).max(7), 6);
-        let mut s = Scratch::new(&m, n);
-        let mut batch: Vec<KvCache> = (0..n).map(|_| KvCache::new(&c, c.max_seq_len, KvType::F16)).collect();
-        let mut alone: Vec<KvCache> = (0..n).map(|_| KvCache::new(&c, c.max_seq_len, KvType::F16)).collect();
-        for (i, (b, a)) in batch.iter_mut().zip(&mut alone).enumerate() {
-            let prompt = &TOKS[i % 16..][..1 + i % 4]; // ragged lengths
-            m.prefill(&mut s, b, prompt).unwrap();
-            m.prefill(&mut s, a, prompt).unwrap();
+        for n in [(SPLIT_ROWS * threads + 1).max(7), 8 * threads + 1] {
+            many_sequences(&m, n, q);
         }
-        for step in 0..steps {
-            let rows: Vec<(usize, u32)> = (0..n).map(|i| (i, TOKS[(i * 3 + step) % TOKS.len()])).collect();
-            let got = m.decode(&mut s, &mut batch, &rows).unwrap().to_vec();
-            for (i, &(_, tok)) in rows.iter().enumerate() {
-                let want = m.decode(&mut s, std::slice::from_mut(&mut alone[i]), &[(0, tok)]).unwrap();
-                assert_eq!(&got[i * c.vocab_size..(i + 1) * c.vocab_size], want, "{q:?} step {step} sequence {i}");
-            }
-        }
-        let lens: Vec<usize> = batch.iter().map(|k| k.len()).collect();
-        let mut rows: Vec<(usize, u32)> = (0..n).map(|i| (i, 1)).collect();
-        rows[n - 2].1 = 999;
-        let err = m.decode(&mut s, &mut batch, &rows).unwrap_err();
-        assert!(matches!(err, InferError::BadToken { id: 999, .. }), "{err}");
-        let mut full = KvCache::new(&c, 4, KvType::F16);
-        m.prefill(&mut s, &mut full, &TOKS[..4]).unwrap();
-        batch[n - 1] = full;
-        let err = m.decode(&mut s, &mut batch, &(0..n).map(|i| (i, 1)).collect::<Vec<_>>()).unwrap_err();
-        assert!(matches!(err, InferError::ContextFull { need: 5, cap: 4 }), "{err}");
-        assert_eq!(batch[..n - 1].iter().map(|k| k.len()).collect::<Vec<_>>(), lens[..n - 1], "no cache moved");
-        assert_eq!(batch[n - 1].len(), 4);
     }
+}
+
+/// One decode of `n` sequences, as above.
+fn many_sequences(m: &InferModel, n: usize, q: Quant) {
+    let c = &m.cfg;
+    let steps = 6;
+    let mut s = Scratch::new(m, n);
+    let mut batch: Vec<KvCache> = (0..n).map(|_| KvCache::new(c, c.max_seq_len, KvType::F16)).collect();
+    let mut alone: Vec<KvCache> = (0..n).map(|_| KvCache::new(c, c.max_seq_len, KvType::F16)).collect();
+    for (i, (b, a)) in batch.iter_mut().zip(&mut alone).enumerate() {
+        let prompt = &TOKS[i % 16..][..1 + i % 4]; // ragged lengths
+        m.prefill(&mut s, b, prompt).unwrap();
+        m.prefill(&mut s, a, prompt).unwrap();
+    }
+    for step in 0..steps {
+        let rows: Vec<(usize, u32)> = (0..n).map(|i| (i, TOKS[(i * 3 + step) % TOKS.len()])).collect();
+        let got = m.decode(&mut s, &mut batch, &rows).unwrap().to_vec();
+        for (i, &(_, tok)) in rows.iter().enumerate() {
+            let want = m.decode(&mut s, std::slice::from_mut(&mut alone[i]), &[(0, tok)]).unwrap();
+            assert_eq!(
+                &got[i * c.vocab_size..(i + 1) * c.vocab_size],
+                want,
+                "{q:?} {n} rows: step {step} sequence {i}"
+            );
+        }
+    }
+    let lens: Vec<usize> = batch.iter().map(|k| k.len()).collect();
+    let mut rows: Vec<(usize, u32)> = (0..n).map(|i| (i, 1)).collect();
+    rows[n - 2].1 = 999;
+    let err = m.decode(&mut s, &mut batch, &rows).unwrap_err();
+    assert!(matches!(err, InferError::BadToken { id: 999, .. }), "{err}");
+    let mut full = KvCache::new(c, 4, KvType::F16);
+    m.prefill(&mut s, &mut full, &TOKS[..4]).unwrap();
+    batch[n - 1] = full;
+    let err = m.decode(&mut s, &mut batch, &(0..n).map(|i| (i, 1)).collect::<Vec<_>>()).unwrap_err();
+    assert!(matches!(err, InferError::ContextFull { need: 5, cap: 4 }), "{err}");
+    assert_eq!(batch[..n - 1].iter().map(|k| k.len()).collect::<Vec<_>>(), lens[..n - 1], "no cache moved");
+    assert_eq!(batch[n - 1].len(), 4);
 }

@@ -326,9 +326,13 @@ unsafe fn q8_panels_portable(out: SharedMut<f32>, xq: &QuantRows, w: &Matrix, nb
 }
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+
+#[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Data, KEY_BLOCK, KvElem, LANES, Matrix, Q8_BLOCK, QuantRows};
+    use super::{Data, KEY_BLOCK, KvElem, LANES, Matrix, Q8_BLOCK, QuantRows, amx};
     use std::arch::x86_64::*;
+    use std::ops::Range;
 
     // key_scores holds a block of keys in two 16-wide vectors.
     const _: () = assert!(KEY_BLOCK == 32);
@@ -364,7 +368,7 @@ mod avx512 {
             8.. => (2, 8),
             _ => (4, 4),
         };
-        tiles(pw, rw, p0, p1, nb, |p, r, pn, b| {
+        tiles(pw, rw, p0, p1, 0..nb, |p, r, pn, b| {
             // SAFETY: panels pn..pn+p < p1, rows b..b+r < nb; the caller guarantees the buffers.
             unsafe {
                 match p {
@@ -403,14 +407,22 @@ mod avx512 {
         }
     }
 
-    /// Covers panels p0..p1 × rows 0..nb with tiles of pw (or 1) panels × rw rows (fewer at the
+    /// Covers panels p0..p1 × `rows` with tiles of pw (or 1) panels × rw rows (fewer at the
     /// end: the largest of rw/2, rw/4, …, 1 that fits): `f(panels, rows, first panel, first row)`.
     #[inline(always)]
-    fn tiles(pw: usize, rw: usize, p0: usize, p1: usize, nb: usize, mut f: impl FnMut(usize, usize, usize, usize)) {
+    fn tiles(
+        pw: usize,
+        rw: usize,
+        p0: usize,
+        p1: usize,
+        rows: Range<usize>,
+        mut f: impl FnMut(usize, usize, usize, usize),
+    ) {
+        let nb = rows.end;
         let mut pn = p0;
         while pn < p1 {
             let p = if pn + pw <= p1 { pw } else { 1 };
-            let mut b = 0;
+            let mut b = rows.start;
             while b < nb {
                 let mut r = rw;
                 while b + r > nb {
@@ -426,7 +438,7 @@ mod avx512 {
     /// Stores R rows × P panels of accumulators at out[b + r, (pn + i) * 16 + l], lanes past
     /// `rows` masked off.
     #[target_feature(enable = "avx512f")]
-    unsafe fn store<const P: usize, const R: usize>(
+    pub(super) unsafe fn store<const P: usize, const R: usize>(
         out: *mut f32,
         acc: &[[__m512; R]; P],
         rows: usize,
@@ -506,8 +518,14 @@ mod avx512 {
     /// (measured: small-zh q8_0 ×1.05–1.08 at 16 sequences, ×1.11 at 8).
     #[target_feature(enable = "avx512f,avx512vnni")]
     pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
+        // With AMX, whole groups of 8 rows go to its tiles, the rest (fewer than 8) to these.
+        let nr = if amx::available() { nb / amx::MIN_ROWS * amx::MIN_ROWS } else { 0 };
+        if nr > 0 {
+            // SAFETY: AMX is available; bounds forwarded.
+            unsafe { amx::q8_panels(out, xq, w, nr, p0, p1) };
+        }
         let later = (nb / 4).saturating_sub(1); // passes of 4 rows after the first
-        tiles(3, 4, p0, p1, nb, |p, r, pn, b| {
+        tiles(3, 4, p0, p1, nr..nb, |p, r, pn, b| {
             // Bit i: this pass brings panel i of the next group (within p1) into L2. A later
             // pass of 4 rows means nb >= 8, so `later` >= 1.
             let ahead = if r == 4 && b > 0 {
@@ -1046,9 +1064,13 @@ mod tests {
         assert_eq!((q[3], q[4], q[0], q[1]), (127, -2, -8, -7));
     }
 
-    #[test]
-    fn q8_simd_and_portable_products_are_bit_identical() {
-        let (nb, n, k) = (7, 70, 100);
+    /// A q8 kernel over all panels: (out, xq, w, nb, panels).
+    type Kernel = unsafe fn(SharedMut<f32>, &QuantRows, &Matrix, usize, usize);
+
+    /// q8 products of `nb` rows by a [70, k] matrix (a partial last panel): the kernel this CPU
+    /// dispatches to (`q8_panels`, or `kernel`) and the portable loop, as bits.
+    fn q8_products(nb: usize, k: usize, kernel: Option<Kernel>) -> (Vec<u32>, Vec<u32>) {
+        let n = 70;
         let (x, w) = (rand_vec(nb * k, 10), rand_vec(n * k, 11));
         let m = Matrix::new(&w, n, k, Quant::Q8);
         let mut xq = QuantRows::default();
@@ -1057,10 +1079,40 @@ mod tests {
         let panels = n.div_ceil(LANES);
         // SAFETY: both outputs hold nb * n floats; this thread owns all panels.
         unsafe {
-            q8_panels(SharedMut::new(&mut simd), &xq, &m, nb, 0, panels);
+            match kernel {
+                Some(f) => f(SharedMut::new(&mut simd), &xq, &m, nb, panels),
+                None => q8_panels(SharedMut::new(&mut simd), &xq, &m, nb, 0, panels),
+            }
             q8_panels_portable(SharedMut::new(&mut portable), &xq, &m, nb, 0, panels);
         }
-        assert_eq!(simd, portable);
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect();
+        (bits(simd), bits(portable))
+    }
+
+    #[test]
+    fn q8_simd_and_portable_products_are_bit_identical() {
+        // 7 rows: VNNI tiles alone; 27: with AMX, tiles of 16 and 8 rows and 3 rows left to VNNI
+        for nb in [7, 27] {
+            let (simd, portable) = q8_products(nb, 100, None);
+            assert_eq!(simd, portable, "{nb} rows");
+        }
+    }
+
+    /// The AMX kernel alone (where this CPU and OS offer it): 1, 3 (an odd count ends its
+    /// two-set pipeline early) and 4 blocks of columns (70 and 100: the last one partial).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn q8_amx_and_portable_products_are_bit_identical() {
+        if !amx::available() {
+            eprintln!("skipped: this CPU or OS offers no AMX-INT8");
+            return;
+        }
+        // SAFETY: AMX is available; q8_products passes buffers for nb rows and all panels.
+        let f: Kernel = |o, xq, m, nb, panels| unsafe { amx::q8_panels(o.at(0), xq, m, nb, 0, panels) };
+        for (nb, k) in [(24, 32), (16, 70), (8, 100), (24, 100)] {
+            let (simd, portable) = q8_products(nb, k, Some(f));
+            assert_eq!(simd, portable, "{nb} rows, {k} columns");
+        }
     }
 
     #[cfg(target_arch = "x86_64")]
