@@ -239,6 +239,36 @@ fn gguf_holds_llama_names_shapes_metadata_and_permuted_qk() {
     assert!(max_diff(&logits(&c, &p, &TOKS), &want) < 1e-4);
 }
 
+/// A pretraining checkpoint is a base model: its exports carry no chat template (so `chat`,
+/// transformers and ollama do not render ChatML it never saw); any other model directory keeps it.
+#[test]
+fn exports_of_a_pretraining_checkpoint_leave_out_the_chat_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    let c = cfg();
+    let (plain, ckpt) = (tmp.path().join("m"), tmp.path().join("step-000010"));
+    model_dir(&plain, &c, 3);
+    model_dir(&ckpt, &c, 3);
+    std::fs::write(ckpt.join("trainer_state.json"), "{}").unwrap();
+    std::fs::write(ckpt.join("recipe.toml"), "").unwrap();
+    let config = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap()).unwrap()
+    };
+    let template = |g: &Gguf| g.get("tokenizer.chat_template").is_some();
+    for (src, kept) in [(&plain, true), (&ckpt, false)] {
+        let name = src.file_name().unwrap().to_str().unwrap();
+        let (hf, gguf) = (tmp.path().join(format!("{name}-hf")), tmp.path().join(format!("{name}.gguf")));
+        export_hf(src, &hf, false).unwrap();
+        export_gguf(src, &gguf, Dtype::F32, "qwen2").unwrap();
+        let (mut want, got) = (config(src), config(&hf));
+        assert!(want["chat_template"].is_string());
+        if !kept {
+            want.as_object_mut().unwrap().remove("chat_template");
+        }
+        assert_eq!(got, want, "{name}: tokenizer_config.json otherwise unchanged");
+        assert_eq!(template(&Gguf::read(&gguf).unwrap()), kept, "{name}.gguf");
+    }
+}
+
 #[test]
 fn gguf_q8_0_and_f16_dequantise_within_tolerance_and_tied_has_no_output() {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 use super::generate::{RunArgs, SamplingArgs};
 use crate::generate::chat::{Message, fit_history};
 use crate::generate::{Caches, TextStream, generate_in};
+use crate::train::checkpoint::is_pretraining_checkpoint;
 use anyhow::bail;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -37,9 +38,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (model, tok) = a.run.load(&a.model)?;
     let p = a.sampling.params(&tok)?;
     let chatml = tok.token_id("<|im_start|>").is_some() && tok.token_id("<|im_end|>").is_some();
-    // What shoucuo's pretraining writes into each checkpoint (other trainers' checkpoints may
-    // hold a trainer_state.json too, but not a recipe).
-    let pretrained = ["trainer_state.json", "recipe.toml"].iter().all(|f| a.model.join(f).is_file());
+    let pretrained = is_pretraining_checkpoint(&a.model);
     let (chat, why) = match a.mode {
         Mode::Chat if !chatml => bail!(
             "{}: --mode chat needs the tokens <|im_start|> and <|im_end|> in tokenizer.json; use --mode complete",

@@ -11,7 +11,7 @@
 use crate::export::hf::{ExportError, io_err};
 use crate::model::weights::load_model_dir;
 use crate::model::{ModelConfig, ParamLayout};
-use crate::train::checkpoint::write_atomic_with;
+use crate::train::checkpoint::{is_pretraining_checkpoint, write_atomic_with};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
@@ -384,7 +384,8 @@ pub fn export_gguf(src: &Path, out: &Path, dtype: Dtype, pre: &str) -> Result<()
         pre,
         bos,
         eos,
-        tok.chat_template(),
+        // a base model never saw the template: llama.cpp and ollama should not apply it
+        tok.chat_template().filter(|_| !is_pretraining_checkpoint(src)),
     )?);
     let tensors = model_tensors(&model.cfg, &model.params, dtype);
     Ok(write_atomic_with(out, |w| write_gguf(w, &meta, &tensors))?)

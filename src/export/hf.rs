@@ -2,7 +2,7 @@
 
 use crate::export::portability::{Target, portability};
 use crate::model::weights::{ModelDir, load_model_dir};
-use crate::train::checkpoint::{CheckpointError, commit_dir, stage_model_dir};
+use crate::train::checkpoint::{CheckpointError, commit_dir, is_pretraining_checkpoint, stage_model_dir};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,16 +30,36 @@ pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_
 }
 
 /// Writes `model` (with its `bos`/`eos`) as a HF directory at `out`, copying the tokenizer files found
-/// in `tokenizer_dir`. Everything goes to `OUT.tmp` first, is fsynced, then renamed; `out` must not exist.
-/// Returns the tokenizer files copied.
+/// in `tokenizer_dir` (without the chat template if that is a pretraining checkpoint). Everything
+/// goes to `OUT.tmp` first, is fsynced, then renamed; `out` must not exist. Returns the tokenizer
+/// files copied.
 pub fn write_hf_dir(model: &ModelDir, tokenizer_dir: &Path, out: &Path) -> Result<Vec<&'static str>, ExportError> {
     if out.exists() {
         return Err(ExportError::Exists(out.display().to_string()));
     }
     let tmp = tmp_path(out);
     let copied = stage_model_dir(&tmp, &model.cfg, &model.params, model.bos, model.eos, Some(tokenizer_dir))?;
+    if is_pretraining_checkpoint(tokenizer_dir) {
+        drop_chat_template(&tmp.join("tokenizer_config.json"))?;
+    }
     commit_dir(&tmp, out)?;
     Ok(copied)
+}
+
+/// Removes `chat_template` from a tokenizer_config.json (if there is one): a base model never saw
+/// the template, so neither transformers nor `shoucuo chat` should render conversations with it.
+fn drop_chat_template(path: &Path) -> Result<(), ExportError> {
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ExportError::Tokenizer(format!("{}: {e}", path.display())))?;
+    if let Some(fields) = cfg.as_object_mut() {
+        fields.remove("chat_template");
+    }
+    let text = serde_json::to_string_pretty(&cfg).expect("a JSON value serializes");
+    std::fs::write(path, text).map_err(io_err(path))
 }
 
 /// `OUT.tmp` next to `out`.

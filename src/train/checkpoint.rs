@@ -150,6 +150,12 @@ fn prune(run_dir: &Path, keep_last: usize, keep: &str) -> Result<(), CheckpointE
     Ok(())
 }
 
+/// Whether `dir` is one of pretraining's checkpoints, so a base model that never saw a chat
+/// template. (Other trainers' checkpoints may hold a trainer_state.json too, but not a recipe.)
+pub fn is_pretraining_checkpoint(dir: &Path) -> bool {
+    ["trainer_state.json", "recipe.toml"].iter().all(|f| dir.join(f).is_file())
+}
+
 /// Starts a model directory at `tmp` (removing a stale one): config, weights and the tokenizer
 /// files found in `tokenizer_dir`. Returns the tokenizer files copied. Finish with [`commit_dir`].
 pub fn stage_model_dir(
