@@ -263,8 +263,27 @@ fn top_p_cut(idx: &mut [u32], w: &[f32], target: f32) -> usize {
 /// Index of the first largest value (NaN ignored; 0 if there is none): a vectorised maximum, then
 /// a search for it (a running index of the best so far is a serial chain through the vocabulary).
 pub fn argmax(v: &[f32]) -> u32 {
-    let max = reduce_lanes(v, f32::NEG_INFINITY, f32::max);
-    v.iter().position(|&x| x == max).unwrap_or(0) as u32
+    // One pass in 16 independent lanes (so it vectorises): each keeps its largest value and the
+    // chunk where it first saw it; NaN never compares greater, so it is skipped.
+    const L: usize = 16;
+    let (mut best, mut chunk_at) = ([f32::NEG_INFINITY; L], [u32::MAX; L]);
+    let chunks = v.chunks_exact(L);
+    let tail = chunks.remainder();
+    for (c, x) in chunks.enumerate() {
+        for i in 0..L {
+            let gt = x[i] > best[i];
+            best[i] = if gt { x[i] } else { best[i] };
+            chunk_at[i] = if gt { c as u32 } else { chunk_at[i] };
+        }
+    }
+    let lanes = (0..L).filter(|&i| chunk_at[i] != u32::MAX).map(|i| (best[i], chunk_at[i] as usize * L + i));
+    let tail = tail.iter().enumerate().map(|(i, &x)| (x, v.len() - tail.len() + i));
+    // the largest, the first of equals; nothing above -inf (all -inf or NaN): the first -inf
+    let found = lanes
+        .chain(tail)
+        .filter(|(x, _)| *x > f32::NEG_INFINITY)
+        .reduce(|a, b| if b.0 > a.0 || (b.0 == a.0 && b.1 < a.1) { b } else { a });
+    found.map(|(_, i)| i).unwrap_or_else(|| v.iter().position(|&x| x == f32::NEG_INFINITY).unwrap_or(0)) as u32
 }
 
 #[cfg(test)]
@@ -275,6 +294,35 @@ mod tests {
         let mut s = Sampler::new(logits.len());
         let mut seq = SeqSampler::new(p, 0, logits.len(), &[]);
         (0..n).map(|_| s.sample(logits, p, &mut seq)).collect()
+    }
+
+    /// The definition: the first index of the largest non-NaN value (0 for none).
+    fn first_largest(v: &[f32]) -> u32 {
+        let max = v.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        v.iter().position(|&x| x == max).unwrap_or(0) as u32
+    }
+
+    #[test]
+    fn argmax_is_the_definition_at_every_length_with_ties_nan_and_infinities() {
+        let special = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 3.0];
+        for n in 0..70 {
+            for seed in 0..40u32 {
+                // few distinct values, so ties across lanes, chunks and the tail are common
+                let mut v: Vec<f32> = (0..n as u32).map(|i| ((i * 7 + seed * 13) % 5) as f32).collect();
+                for k in 0..(seed % 4) as usize {
+                    if n > 0 {
+                        v[(seed as usize * 31 + k * 17) % n] = special[(seed as usize + k) % special.len()];
+                    }
+                }
+                if seed == 39 {
+                    // nothing above -inf: the first -inf
+                    v.iter_mut()
+                        .enumerate()
+                        .for_each(|(i, x)| *x = if i % 3 == 0 { f32::NAN } else { f32::NEG_INFINITY });
+                }
+                assert_eq!(argmax(&v), first_largest(&v), "{v:?}");
+            }
+        }
     }
 
     #[test]
