@@ -40,26 +40,31 @@ pub fn write_hf_dir(model: &ModelDir, tokenizer_dir: &Path, out: &Path) -> Resul
     let tmp = tmp_path(out);
     let copied = stage_model_dir(&tmp, &model.cfg, &model.params, model.bos, model.eos, Some(tokenizer_dir))?;
     if is_pretraining_checkpoint(tokenizer_dir) {
-        drop_chat_template(&tmp.join("tokenizer_config.json"))?;
+        let name = "tokenizer_config.json";
+        if let Err(e) = drop_chat_template(&tokenizer_dir.join(name), &tmp.join(name)) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
     }
     commit_dir(&tmp, out)?;
     Ok(copied)
 }
 
-/// Removes `chat_template` from a tokenizer_config.json (if there is one): a base model never saw
-/// the template, so neither transformers nor `shoucuo chat` should render conversations with it.
-fn drop_chat_template(path: &Path) -> Result<(), ExportError> {
-    if !path.is_file() {
+/// Writes tokenizer_config.json `src` to `dst` without its `chat_template` (if `src` exists): a
+/// base model never saw the template, so neither transformers nor `shoucuo chat` should render
+/// conversations with it.
+fn drop_chat_template(src: &Path, dst: &Path) -> Result<(), ExportError> {
+    if !src.is_file() {
         return Ok(());
     }
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let text = std::fs::read_to_string(src).map_err(io_err(src))?;
     let mut cfg: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ExportError::Tokenizer(format!("{}: {e}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| ExportError::Tokenizer(format!("{}: {e}", src.display())))?;
     if let Some(fields) = cfg.as_object_mut() {
         fields.remove("chat_template");
     }
     let text = serde_json::to_string_pretty(&cfg).expect("a JSON value serializes");
-    std::fs::write(path, text).map_err(io_err(path))
+    std::fs::write(dst, text).map_err(io_err(dst))
 }
 
 /// `OUT.tmp` next to `out`.

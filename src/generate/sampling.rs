@@ -260,11 +260,11 @@ fn top_p_cut(idx: &mut [u32], w: &[f32], target: f32) -> usize {
     hi
 }
 
-/// Index of the first largest value (NaN ignored; 0 if there is none): a vectorised maximum, then
-/// a search for it (a running index of the best so far is a serial chain through the vocabulary).
+/// Index of the first largest value (NaN ignored; 0 if there is none). One pass in 16 independent
+/// lanes, so it vectorises (one running best would be a serial chain through the vocabulary):
+/// each lane keeps its largest value and the chunk where it first saw it; NaN never compares
+/// greater, so it is skipped.
 pub fn argmax(v: &[f32]) -> u32 {
-    // One pass in 16 independent lanes (so it vectorises): each keeps its largest value and the
-    // chunk where it first saw it; NaN never compares greater, so it is skipped.
     const L: usize = 16;
     let (mut best, mut chunk_at) = ([f32::NEG_INFINITY; L], [u32::MAX; L]);
     let chunks = v.chunks_exact(L);

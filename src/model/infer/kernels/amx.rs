@@ -17,7 +17,8 @@ pub(super) fn available() -> bool {
     *OK.get_or_init(|| {
         let edx = if __get_cpuid_max(0).0 >= 7 { __cpuid_count(7, 0).edx } else { 0 };
         let (tile, int8) = (edx >> 24 & 1 == 1, edx >> 25 & 1 == 1);
-        tile && int8 && request_tile_data()
+        // the kernel scales the sums with AVX-512 (a VM may show AMX but hide AVX-512)
+        tile && int8 && std::arch::is_x86_feature_detected!("avx512f") && request_tile_data()
     })
 }
 
@@ -35,6 +36,10 @@ fn request_tile_data() -> bool {
     false
 }
 
+/// The tile registers carry state from one `asm!` block to the next (the -128 tile, a block's
+/// sums until they are stored). The blocks that write them declare them clobbered; nothing else
+/// here touches them, since the compiler never emits AMX instructions of its own.
+///
 /// The `ldtilecfg` operand: tmm0, tmm1 int32 sums [m, 16]; tmm2, tmm3 activations [m, 32 bytes];
 /// tmm4, tmm5 one block of a panel: 8 groups of 4 columns × 16 rows; tmm6 the same shape, all
 /// -128. Blocks alternate between the sets (0, 2, 4) and (1, 3, 5), so one block's product runs
@@ -85,7 +90,13 @@ pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantRows, w: &Matrix, nr: us
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &TileConfig::new(r), options(nostack, readonly));
             let minus_128 = [-128i8; Q8_BLOCK * LANES];
-            asm!("tileloadd tmm6, [{p} + {s64}*1]", p = in(reg) minus_128.as_ptr(), s64 = in(reg) 64usize, options(nostack, readonly));
+            asm!(
+                "tileloadd tmm6, [{p} + {s64}*1]",
+                p = in(reg) minus_128.as_ptr(),
+                s64 = in(reg) 64usize,
+                out("tmm6") _,
+                options(nostack, readonly),
+            );
             for pn in p0..p1 {
                 match r {
                     16 => q8_tile::<16>(out, xq, w, b, pn),
@@ -185,6 +196,12 @@ impl Tiles {
                 kp = in(reg) self.kp,
                 wp = in(reg) self.w.add(blk * Q8_BLOCK * LANES),
                 s64 = in(reg) 64usize,
+                out("tmm0") _,
+                out("tmm1") _,
+                out("tmm2") _,
+                out("tmm3") _,
+                out("tmm4") _,
+                out("tmm5") _,
                 options(nostack, readonly),
             );
             let ahead = self.w.wrapping_add((blk + AHEAD) * Q8_BLOCK * LANES);
