@@ -266,7 +266,7 @@ fn top_p_cut(idx: &mut [u32], w: &[f32], target: f32) -> usize {
 /// greater, so it is skipped.
 pub fn argmax(v: &[f32]) -> u32 {
     const L: usize = 16;
-    let (mut best, mut chunk_at) = ([f32::NEG_INFINITY; L], [u32::MAX; L]);
+    let (mut best, mut chunk_at) = ([f32::NEG_INFINITY; L], [0u32; L]);
     let chunks = v.chunks_exact(L);
     let tail = chunks.remainder();
     for (c, x) in chunks.enumerate() {
@@ -276,7 +276,7 @@ pub fn argmax(v: &[f32]) -> u32 {
             chunk_at[i] = if gt { c as u32 } else { chunk_at[i] };
         }
     }
-    let lanes = (0..L).filter(|&i| chunk_at[i] != u32::MAX).map(|i| (best[i], chunk_at[i] as usize * L + i));
+    let lanes = (0..L).map(|i| (best[i], chunk_at[i] as usize * L + i));
     let tail = tail.iter().enumerate().map(|(i, &x)| (x, v.len() - tail.len() + i));
     // the largest, the first of equals; nothing above -inf (all -inf or NaN): the first -inf
     let found = lanes

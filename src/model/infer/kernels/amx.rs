@@ -72,6 +72,9 @@ impl TileConfig {
     }
 }
 
+/// The tile that cancels the weights' +128: one block of -128s.
+static MINUS_128: [i8; Q8_BLOCK * LANES] = [-128; Q8_BLOCK * LANES];
+
 /// Input rows per tile: 16 or 8. With 4, AMX was slower than the VNNI kernel (a warm matrix of
 /// small-zh's q, k, v shape: 171 against 215 GMAC/s on one thread; at 8 rows 261 against 185).
 pub(super) const MIN_ROWS: usize = 8;
@@ -89,10 +92,9 @@ pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantRows, w: &Matrix, nr: us
         // SAFETY: AMX is available; the tiles read rows b..b+r of xq and panels p0..p1.
         unsafe {
             asm!("ldtilecfg [{}]", in(reg) &TileConfig::new(r), options(nostack, readonly));
-            let minus_128 = [-128i8; Q8_BLOCK * LANES];
             asm!(
                 "tileloadd tmm6, [{p} + {s64}*1]",
-                p = in(reg) minus_128.as_ptr(),
+                p = in(reg) MINUS_128.as_ptr(),
                 s64 = in(reg) 64usize,
                 out("tmm6") _,
                 options(nostack, readonly),
