@@ -63,24 +63,26 @@ fn q8_index(n: usize, j: usize, kp: usize) -> usize {
     ((n / LANES) * kp + j / 4 * 4) * LANES + (n % LANES) * 4 + j % 4
 }
 
-/// A block's q8_0 scale d = amax / 127 and int8 values v · (1/d) rounded to nearest (ties to even)
-/// into `q`; returns the scale and the sum of the int8 values. `v`: at most one block, taken as
-/// zero-padded to a whole one.
-fn quantize_block(v: &[f32], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
-    let mut pad = [0f32; Q8_BLOCK];
-    let x: &[f32; Q8_BLOCK] = match v.try_into() {
-        Ok(whole) => whole,
-        Err(_) => {
-            pad[..v.len()].copy_from_slice(v);
-            &pad
-        }
-    };
+/// Each block's q8_0 scale d = amax / 127 and int8 values v · (1/d) rounded to nearest (ties to
+/// even), the last block zero-padded. x: [k] -> q: [nbk * 32], scale, sum: [nbk] (the sum of
+/// each block's int8 values).
+fn quantize_row(x: &[f32], q: &mut [i8], scale: &mut [f32], sum: &mut [i32]) {
+    debug_assert!(q.len() == scale.len() * Q8_BLOCK && x.len().div_ceil(Q8_BLOCK) == scale.len());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
-        // SAFETY: the CPU has AVX-512F.
-        return unsafe { avx512::quantize_block(x, q) };
+        // SAFETY: the CPU has AVX-512F; the lengths are as documented.
+        return unsafe { avx512::quantize_row(x, q, scale, sum) };
     }
-    quantize_block_portable(x, q)
+    quantize_row_portable(x, q, scale, sum)
+}
+
+fn quantize_row_portable(x: &[f32], q: &mut [i8], scale: &mut [f32], sum: &mut [i32]) {
+    let blocks = x.chunks(Q8_BLOCK).zip(q.chunks_exact_mut(Q8_BLOCK));
+    for ((v, q), (d, s)) in blocks.zip(scale.iter_mut().zip(sum)) {
+        let mut pad = [0f32; Q8_BLOCK];
+        pad[..v.len()].copy_from_slice(v);
+        (*d, *s) = quantize_block_portable(&pad, q.try_into().expect("whole blocks"));
+    }
 }
 
 /// The q8 scale of a vector (its largest |value| / 127) and its inverse (see [`inverse_scale`]).
@@ -128,13 +130,14 @@ impl Matrix {
                 let mut q = Aligned::zeroed(panels * kp * LANES);
                 q.fill(128);
                 let mut scales = vec![0f32; panels * nbk * LANES];
-                let mut qb = [0i8; Q8_BLOCK];
+                let (mut qr, mut dr, mut sr) = (vec![0i8; kp], vec![0f32; nbk], vec![0i32; nbk]);
                 for (n, row) in w.chunks_exact(cols).enumerate() {
-                    for (b, blk) in row.chunks(Q8_BLOCK).enumerate() {
-                        scales[((n / LANES) * nbk + b) * LANES + n % LANES] = quantize_block(blk, &mut qb).0;
-                        for (i, &v) in qb[..blk.len()].iter().enumerate() {
-                            q[q8_index(n, b * Q8_BLOCK + i, kp)] = (v as i16 + 128) as u8;
-                        }
+                    quantize_row(row, &mut qr, &mut dr, &mut sr);
+                    for (b, &d) in dr.iter().enumerate() {
+                        scales[((n / LANES) * nbk + b) * LANES + n % LANES] = d;
+                    }
+                    for (j, &v) in qr[..cols].iter().enumerate() {
+                        q[q8_index(n, j, kp)] = (v as i16 + 128) as u8;
                     }
                 }
                 Data::Q8 { q, scales }
@@ -172,27 +175,38 @@ impl Matrix {
 /// and int8 values (`q`: [nb, kp], zero-padded), plus each block's sum of values, which removes
 /// the weights' +128 offset: Σ (w + 128)·x = Σ w·x + 128·Σ x.
 #[derive(Default)]
-struct QuantRows {
+pub struct QuantRows {
     q: Vec<i8>,
     scale: Vec<f32>,
     sum: Vec<i32>,
+    /// Values per row before padding.
+    k: usize,
 }
 
 impl QuantRows {
     /// x: [nb, k]. Reuses its buffers: no allocation once they are large enough (every block,
     /// padding included, is rewritten).
     fn quantize(&mut self, x: &[f32], nb: usize, k: usize) {
+        let rows = self.rows(nb, k);
+        for (b, xr) in x.chunks_exact(k).take(nb).enumerate() {
+            // SAFETY: b < nb, on this thread alone.
+            unsafe { rows.quantize(b, xr) };
+        }
+    }
+
+    /// Shapes the buffers for `nb` rows of `k` values (growing them the first time) and returns
+    /// a handle through which several threads quantize distinct rows at once.
+    pub fn rows(&mut self, nb: usize, k: usize) -> QuantRowsMut<'_> {
         let nbk = k.div_ceil(Q8_BLOCK);
-        let kp = nbk * Q8_BLOCK;
-        self.q.resize(nb * kp, 0);
+        self.q.resize(nb * nbk * Q8_BLOCK, 0);
         self.scale.resize(nb * nbk, 0.0);
         self.sum.resize(nb * nbk, 0);
-        for (b, xr) in x.chunks_exact(k).take(nb).enumerate() {
-            let qr = self.q[b * kp..(b + 1) * kp].chunks_exact_mut(Q8_BLOCK);
-            for (blk, (v, q)) in xr.chunks(Q8_BLOCK).zip(qr).enumerate() {
-                let q: &mut [i8; Q8_BLOCK] = q.try_into().expect("whole blocks");
-                (self.scale[b * nbk + blk], self.sum[b * nbk + blk]) = quantize_block(v, q);
-            }
+        self.k = k;
+        QuantRowsMut {
+            q: SharedMut::new(&mut self.q),
+            scale: SharedMut::new(&mut self.scale),
+            sum: SharedMut::new(&mut self.sum),
+            k,
         }
     }
 
@@ -201,6 +215,34 @@ impl QuantRows {
     fn row(&self, b: usize, k: usize) -> Vec<f32> {
         let nbk = k.div_ceil(Q8_BLOCK);
         (0..k).map(|j| self.q[b * nbk * Q8_BLOCK + j] as f32 * self.scale[b * nbk + j / Q8_BLOCK]).collect()
+    }
+}
+
+/// The rows of a [`QuantRows`] being written (see [`QuantRows::rows`]).
+#[derive(Clone, Copy)]
+pub struct QuantRowsMut<'a> {
+    q: SharedMut<'a, i8>,
+    scale: SharedMut<'a, f32>,
+    sum: SharedMut<'a, i32>,
+    k: usize,
+}
+
+impl QuantRowsMut<'_> {
+    /// Quantizes row `b`: x: [k].
+    /// # Safety
+    /// `b` is below the rows the handle was made for, and no other thread writes row `b` meanwhile.
+    pub unsafe fn quantize(&self, b: usize, x: &[f32]) {
+        assert_eq!(x.len(), self.k, "a row of {} values for products of {}", x.len(), self.k);
+        let nbk = self.k.div_ceil(Q8_BLOCK);
+        // SAFETY: as documented: row b's elements, in the buffers, written by this thread alone.
+        unsafe {
+            quantize_row(
+                x,
+                self.q.slice(b * nbk * Q8_BLOCK, nbk * Q8_BLOCK),
+                self.scale.slice(b * nbk, nbk),
+                self.sum.slice(b * nbk, nbk),
+            )
+        }
     }
 }
 
@@ -225,13 +267,19 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
         }),
         Data::Q8 { .. } => QUANT_ROWS.with_borrow_mut(|xq| {
             xq.quantize(x, nb, w.cols);
-            let xq = &*xq;
-            for_panels(out, w, nb, |o, p0, p1| {
-                // SAFETY: as documented on `for_panels`.
-                unsafe { q8_panels(o, xq, w, nb, p0, p1) }
-            });
+            matmul_quantized(out, xq, w, nb);
         }),
     }
+}
+
+/// [`matmul`] of q8 weights by rows already quantized (the first nb of `xq`).
+pub fn matmul_quantized(out: &mut [f32], xq: &QuantRows, w: &Matrix, nb: usize) {
+    assert!(matches!(w.data, Data::Q8 { .. }), "matmul_quantized takes q8 weights");
+    assert!(xq.k == w.cols && xq.scale.len() >= nb * w.cols.div_ceil(Q8_BLOCK) && out.len() >= nb * w.rows);
+    for_panels(out, w, nb, |o, p0, p1| {
+        // SAFETY: as documented on `for_panels`.
+        unsafe { q8_panels(o, xq, w, nb, p0, p1) }
+    });
 }
 
 /// Runs `f(out, p0, p1)` over ranges of W's panels, threaded; each call alone writes columns
@@ -488,22 +536,31 @@ mod avx512 {
         }
     }
 
-    /// [`super::quantize_block`] of a whole block, with the same results.
+    /// [`super::quantize_row`] with the same results ([`super::quantize_block_portable`]'s
+    /// operations, 16 values at a time; the padding loaded as zeros under a mask).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn quantize_block(x: &[f32; Q8_BLOCK], q: &mut [i8; Q8_BLOCK]) -> (f32, i32) {
-        // SAFETY: x and q hold two vectors of 16.
-        unsafe {
-            let (a, b) = (_mm512_loadu_ps(x.as_ptr()), _mm512_loadu_ps(x.as_ptr().add(16)));
-            let d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0;
-            let inv = _mm512_set1_ps(super::inverse_scale(d));
-            let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
-            // max returns its second operand for NaN (-127, as the portable path); converted with
-            // the default rounding: to nearest, ties to even.
-            let qa = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(a, inv), lo), hi));
-            let qb = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(b, inv), lo), hi));
-            _mm_storeu_si128(q.as_mut_ptr() as *mut __m128i, _mm512_cvtepi32_epi8(qa));
-            _mm_storeu_si128(q.as_mut_ptr().add(16) as *mut __m128i, _mm512_cvtepi32_epi8(qb));
-            (d, _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)))
+    pub(super) unsafe fn quantize_row(x: &[f32], q: &mut [i8], scale: &mut [f32], sum: &mut [i32]) {
+        let mask = |at: usize| -> __mmask16 {
+            let n = x.len().saturating_sub(at);
+            if n >= 16 { !0 } else { (1 << n) - 1 }
+        };
+        let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+        for (blk, (d, s)) in scale.iter_mut().zip(sum).enumerate() {
+            let at = blk * Q8_BLOCK;
+            // SAFETY: the masks cover only x's elements; q holds scale.len() whole blocks.
+            unsafe {
+                let a = _mm512_maskz_loadu_ps(mask(at), x.as_ptr().add(at));
+                let b = _mm512_maskz_loadu_ps(mask(at + 16), x.as_ptr().add(at + 16));
+                *d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0;
+                let inv = _mm512_set1_ps(super::inverse_scale(*d));
+                // max returns its second operand for NaN (-127, as the portable path); converted
+                // with the default rounding: to nearest, ties to even.
+                let qa = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(a, inv), lo), hi));
+                let qb = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(b, inv), lo), hi));
+                _mm_storeu_si128(q.as_mut_ptr().add(at) as *mut __m128i, _mm512_cvtepi32_epi8(qa));
+                _mm_storeu_si128(q.as_mut_ptr().add(at + 16) as *mut __m128i, _mm512_cvtepi32_epi8(qb));
+                *s = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+            }
         }
     }
 
@@ -1043,6 +1100,19 @@ mod tests {
         }
     }
 
+    /// Quantizes a row with the kernel this CPU dispatches to and with the portable loop;
+    /// asserts that they agree and returns (q, scales, sums).
+    fn quantize_both(x: &[f32]) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
+        let nbk = x.len().div_ceil(Q8_BLOCK);
+        let mut a = (vec![0i8; nbk * Q8_BLOCK], vec![0f32; nbk], vec![0i32; nbk]);
+        let mut b = (vec![1i8; nbk * Q8_BLOCK], vec![1f32; nbk], vec![1i32; nbk]);
+        quantize_row(x, &mut a.0, &mut a.1, &mut a.2);
+        quantize_row_portable(x, &mut b.0, &mut b.1, &mut b.2);
+        let bits = |v: &[f32]| v.iter().map(|d| d.to_bits()).collect::<Vec<_>>();
+        assert_eq!((&a.0, bits(&a.1), &a.2), (&b.0, bits(&b.1), &b.2), "row of {}", x.len());
+        a
+    }
+
     #[test]
     fn q8_simd_and_portable_quantization_are_identical() {
         // amax 127 makes the scale 1, so -2.5 is an exact tie (rounded to even)
@@ -1054,14 +1124,15 @@ mod tests {
         tiny[5] = 1e-38;
         let mut bad = x;
         (bad[1], bad[2]) = (f32::NAN, f32::INFINITY);
-        for v in [x, std::array::from_fn(|i| rand_vec(Q8_BLOCK, 12)[i] * 3.0), [0.0; Q8_BLOCK], tiny, bad] {
-            let (mut a, mut b) = ([0i8; Q8_BLOCK], [0i8; Q8_BLOCK]);
-            assert_eq!(quantize_block(&v, &mut a), quantize_block_portable(&v, &mut b));
-            assert_eq!(a, b);
-        }
-        let mut q = [0i8; Q8_BLOCK];
-        assert_eq!(quantize_block(&x, &mut q), (1.0, q.iter().map(|&v| v as i32).sum()));
+        let row: Vec<f32> = [x, [0.0; Q8_BLOCK], tiny, bad].concat();
+        let (q, d, s) = quantize_both(&row);
+        assert_eq!((d[0], s[0]), (1.0, q[..Q8_BLOCK].iter().map(|&v| v as i32).sum()));
         assert_eq!((q[3], q[4], q[0], q[1]), (127, -2, -8, -7));
+        // every tail length: the padding quantizes as zeros
+        for k in 1..=100 {
+            let (q, _, _) = quantize_both(&rand_vec(k, k as u64).iter().map(|v| v * 3.0).collect::<Vec<_>>());
+            assert!(q[k..].iter().all(|&v| v == 0), "padding of a row of {k}");
+        }
     }
 
     /// A q8 kernel over all panels: (out, xq, w, nb, panels).

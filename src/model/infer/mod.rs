@@ -4,8 +4,10 @@
 //!
 //! One step runs a list of rows `(cache, token)` through the model. Each row sits at the next free
 //! position of its cache; several rows of one cache (a prompt) take consecutive positions.
-//! All buffers live in [`Scratch`] and [`KvCache`], sized once (plus the per-thread quantized rows
-//! of q8 products, which grow once): a decode step allocates nothing.
+//! All buffers live in [`Scratch`] and [`KvCache`], sized once (the quantized input rows of q8
+//! products grow to their largest size in the first step): a decode step allocates nothing.
+//! Products are threaded over weight rows; the row-wise parts around them (norms, SwiGLU, the
+//! quantization of a product's input) over rows.
 
 pub mod aligned;
 pub mod kernels;
@@ -18,7 +20,7 @@ use crate::model::weights::{ModelDirError, load_model_dir};
 use aligned::Aligned;
 use half::f16;
 pub use kernels::Quant;
-use kernels::{KEY_BLOCK, Matrix, attend, matmul, rmsnorm, rope};
+use kernels::{KEY_BLOCK, Matrix, QuantRows, QuantRowsMut, attend, matmul, matmul_quantized, rmsnorm, rope};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -241,6 +243,17 @@ fn cache_size(s: &str) -> Option<usize> {
 /// Rows per thread from which a decode step is split over the threads ([`InferModel::decode`]).
 pub const SPLIT_ROWS: usize = 2;
 
+/// Rows per thread from which the row-wise parts of a step (norms, SwiGLU, quantization) are
+/// threaded; below it a pool round trip costs more than the work.
+const PAR_ROWS: usize = 4;
+
+/// Runs `f` over contiguous ranges of `nr` rows: one per pool thread, each of at least
+/// [`PAR_ROWS`] rows (with fewer rows, all on the calling thread).
+fn for_rows(nr: usize, f: impl Fn(std::ops::Range<usize>) + Sync) {
+    let nt = pool::pool().threads().min(nr / PAR_ROWS).max(1);
+    pool::pool().run(nt, |t| f(t * nr / nt..(t + 1) * nr / nt));
+}
+
 /// Activation buffers of one model for up to `max_rows` rows per step.
 pub struct Scratch {
     max_rows: usize,
@@ -251,6 +264,8 @@ pub struct Scratch {
     scores: Vec<f32>,
     h13: Vec<f32>,
     h: Vec<f32>,
+    /// The input rows of the next q8 product, quantized.
+    xq: QuantRows,
     pos: Vec<usize>,
     last: Vec<usize>,
     logits: Vec<f32>,
@@ -292,6 +307,7 @@ impl Scratch {
             scores: vec![0.0; r * c.n_heads * c.max_seq_len.next_multiple_of(KEY_BLOCK)],
             h13: vec![0.0; r * 2 * c.ffn_hidden],
             h: vec![0.0; r * c.ffn_hidden],
+            xq: QuantRows::default(),
             pos: vec![0; r],
             last: Vec::with_capacity(r),
             logits: if logits { vec![0.0; r * c.vocab_size] } else { vec![] },
@@ -521,15 +537,15 @@ impl InferModel {
             rows.iter().for_each(|r| caches[r.0].len -= 1);
             return Err(InferError::ContextFull { need, cap });
         }
-        let mm = |out: &mut [f32], x: &[f32], w: &Matrix| matmul(out, x, w, nr);
         for (i, &(_, tok)) in rows.iter().enumerate() {
             let t = tok as usize;
             s.x[i * d..(i + 1) * d].copy_from_slice(&self.embed[t * d..(t + 1) * d]);
         }
         let half = hd / 2;
         for (l, layer) in self.layers.iter().enumerate() {
-            rmsnorm(&mut s.xn[..nr * d], &s.x[..nr * d], &layer.attn_norm, d, c.norm_eps);
-            mm(&mut s.qkv[..nr * qkvd], &s.xn[..nr * d], &layer.wqkv);
+            // x += the previous layer's output (in xn), then the attention norm
+            self.norm_rows(s, nr, &layer.attn_norm, l > 0);
+            self.product(&mut s.qkv[..nr * qkvd], &s.xn, &s.xq, &layer.wqkv, nr);
             for (i, &(ci, _)) in rows.iter().enumerate() {
                 let p = s.pos[i];
                 let (cs, sn) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
@@ -542,18 +558,12 @@ impl InferModel {
                 }
             }
             self.attention(s, caches, rows, l);
-            mm(&mut s.xn[..nr * d], &s.att[..nr * qd], &layer.wo);
-            s.x[..nr * d].iter_mut().zip(&s.xn[..nr * d]).for_each(|(x, y)| *x += y);
-            rmsnorm(&mut s.xn[..nr * d], &s.x[..nr * d], &layer.ffn_norm, d, c.norm_eps);
-            mm(&mut s.h13[..nr * 2 * f], &s.xn[..nr * d], &layer.w13);
-            for (h, g) in s.h[..nr * f].chunks_exact_mut(f).zip(s.h13.chunks_exact(2 * f)) {
-                let (gate, up) = g.split_at(f);
-                for ((h, g), u) in h.iter_mut().zip(gate).zip(up) {
-                    *h = silu(*g) * u;
-                }
-            }
-            mm(&mut s.xn[..nr * d], &s.h[..nr * f], &layer.w_down);
-            s.x[..nr * d].iter_mut().zip(&s.xn[..nr * d]).for_each(|(x, y)| *x += y);
+            self.quantize_rows(&mut s.xq, &s.att, nr, qd);
+            self.product(&mut s.xn[..nr * d], &s.att, &s.xq, &layer.wo, nr);
+            self.norm_rows(s, nr, &layer.ffn_norm, true);
+            self.product(&mut s.h13[..nr * 2 * f], &s.xn, &s.xq, &layer.w13, nr);
+            self.swiglu_rows(s, nr);
+            self.product(&mut s.xn[..nr * d], &s.h, &s.xq, &layer.w_down, nr);
         }
         // Final norm of the rows that need logits, packed to the front of xn.
         s.last.clear();
@@ -567,12 +577,86 @@ impl InferModel {
                 }
             }
         }
+        // The last layer's residual, then the final norm; row j is written after row i = last[j]
+        // >= j has been read, and before any later (larger) i.
         for (j, &i) in s.last.iter().enumerate() {
-            rmsnorm(&mut s.xn[j * d..(j + 1) * d], &s.x[i * d..(i + 1) * d], &self.final_norm, d, c.norm_eps);
+            let x = &mut s.x[i * d..(i + 1) * d];
+            x.iter_mut().zip(&s.xn[i * d..(i + 1) * d]).for_each(|(x, y)| *x += y);
+            rmsnorm(&mut s.xn[j * d..(j + 1) * d], x, &self.final_norm, d, c.norm_eps);
         }
         let nl = s.last.len();
-        matmul(&mut logits[..nl * c.vocab_size], &s.xn[..nl * d], &self.lm_head, nl);
+        self.quantize_rows(&mut s.xq, &s.xn, nl, d);
+        self.product(&mut logits[..nl * c.vocab_size], &s.xn, &s.xq, &self.lm_head, nl);
         Ok(nl)
+    }
+
+    /// out = x @ W^T for the first `nr` rows: f32 rows from `x`, or for q8 weights the rows
+    /// quantized into `xq` from them beforehand.
+    fn product(&self, out: &mut [f32], x: &[f32], xq: &QuantRows, w: &Matrix, nr: usize) {
+        match self.quant {
+            Quant::F32 => matmul(out, x, w, nr),
+            Quant::Q8 => matmul_quantized(out, xq, w, nr),
+        }
+    }
+
+    /// For q8 weights, a handle to quantize `nr` rows of `k` values into `xq`.
+    fn quantized<'a>(&self, xq: &'a mut QuantRows, nr: usize, k: usize) -> Option<QuantRowsMut<'a>> {
+        (self.quant == Quant::Q8).then(|| xq.rows(nr, k))
+    }
+
+    /// For q8 weights, the first `nr` rows of x ([_, k]) quantized into `xq`, threaded over rows.
+    fn quantize_rows(&self, xq: &mut QuantRows, x: &[f32], nr: usize, k: usize) {
+        let Some(xq) = self.quantized(xq, nr, k) else { return };
+        for_rows(nr, |r| {
+            for b in r {
+                // SAFETY: the ranges of rows are disjoint.
+                unsafe { xq.quantize(b, &x[b * k..(b + 1) * k]) };
+            }
+        });
+    }
+
+    /// xn = rmsnorm(x) · w for the first `nr` rows, after x += xn where `residual`; quantized into
+    /// `s.xq` for q8 weights. Threaded over rows.
+    fn norm_rows(&self, s: &mut Scratch, nr: usize, w: &[f32], residual: bool) {
+        let (d, eps) = (self.cfg.dim, self.cfg.norm_eps);
+        let (x, xn) = (SharedMut::new(&mut s.x), SharedMut::new(&mut s.xn));
+        let xq = self.quantized(&mut s.xq, nr, d);
+        for_rows(nr, |r| {
+            // SAFETY: the ranges of rows are disjoint and within the first nr rows.
+            let (x, xn) = unsafe { (x.slice(r.start * d, r.len() * d), xn.slice(r.start * d, r.len() * d)) };
+            if residual {
+                x.iter_mut().zip(&*xn).for_each(|(x, y)| *x += y);
+            }
+            rmsnorm(xn, x, w, d, eps);
+            if let Some(xq) = xq {
+                for (b, row) in r.zip(xn.chunks_exact(d)) {
+                    // SAFETY: as above.
+                    unsafe { xq.quantize(b, row) };
+                }
+            }
+        });
+    }
+
+    /// h = silu(gate) · up for the first `nr` rows of h13 = [gate | up]; quantized into `s.xq`
+    /// for q8 weights. Threaded over rows.
+    fn swiglu_rows(&self, s: &mut Scratch, nr: usize) {
+        let f = self.cfg.ffn_hidden;
+        let (h, h13) = (SharedMut::new(&mut s.h), &s.h13);
+        let xq = self.quantized(&mut s.xq, nr, f);
+        for_rows(nr, |r| {
+            for b in r {
+                // SAFETY: the ranges of rows are disjoint and within the first nr rows.
+                let h = unsafe { h.slice(b * f, f) };
+                let (gate, up) = h13[b * 2 * f..(b + 1) * 2 * f].split_at(f);
+                for ((h, g), u) in h.iter_mut().zip(gate).zip(up) {
+                    *h = silu(*g) * u;
+                }
+                if let Some(xq) = xq {
+                    // SAFETY: as above.
+                    unsafe { xq.quantize(b, h) };
+                }
+            }
+        });
     }
 
     /// Causal attention of every row over its cache (keys/values already written), into `s.att`;
