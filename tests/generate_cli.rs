@@ -154,6 +154,19 @@ fn bad_input_gives_clear_errors() {
     let m = dir.path().to_str().unwrap();
     let r = shoucuo(&["generate", "--model", "/nonexistent/dir", "--prompt", "w5"], "");
     assert!(!r.status.success() && text(&r.stderr).contains("not a model directory"), "{}", text(&r.stderr));
+    // a folder without config.json: the file is named, its cause said once
+    let empty = tempfile::tempdir().unwrap();
+    let r = shoucuo(&["generate", "--model", empty.path().to_str().unwrap(), "--prompt", "w5"], "");
+    let err = text(&r.stderr);
+    assert!(!r.status.success() && err.contains("config.json") && err.matches("os error").count() == 1, "{err}");
+    // a training run's directory points at its latest checkpoint
+    std::fs::write(empty.path().join("latest"), "step-000010\n").unwrap();
+    let ck = empty.path().join("step-000010");
+    std::fs::create_dir(&ck).unwrap();
+    std::fs::copy(dir.path().join("config.json"), ck.join("config.json")).unwrap();
+    let r = shoucuo(&["generate", "--model", empty.path().to_str().unwrap(), "--prompt", "w5"], "");
+    let err = text(&r.stderr);
+    assert!(!r.status.success() && err.contains("is a training run") && err.contains("step-000010"), "{err}");
     let long = vec!["w5"; 40].join(" ");
     let r = shoucuo(&["generate", "--model", m, "--prompt", &long], "");
     assert!(!r.status.success() && text(&r.stderr).contains("context window"), "{}", text(&r.stderr));

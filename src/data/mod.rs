@@ -20,8 +20,8 @@ pub use reader::{DocReader, Format, expand_inputs};
 /// Everything a user can get wrong about corpora, shards and manifests.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{0}")]
     NoInput(String),
     #[error("{}:{line}: {what}; fix the line or pass --skip-bad", path.display())]
@@ -45,7 +45,7 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        DataError::Io { path: path.to_path_buf(), source }
+    pub(crate) fn io(path: &Path, error: std::io::Error) -> Self {
+        DataError::Io { path: path.to_path_buf(), error }
     }
 }

@@ -11,8 +11,8 @@ pub enum ExportError {
     ModelDir(#[from] crate::model::weights::ModelDirError),
     #[error(transparent)]
     Write(#[from] CheckpointError),
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{0} already exists; remove it or choose another --out")]
     Exists(String),
     #[error("{0}")]
@@ -26,7 +26,7 @@ pub enum ExportError {
 }
 
 pub(crate) fn io_err(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {
-    move |source| ExportError::Io { path: path.display().to_string(), source }
+    move |error| ExportError::Io { path: path.display().to_string(), error }
 }
 
 /// Writes `model` (with its `bos`/`eos`) as a HF directory at `out`, copying the tokenizer files found

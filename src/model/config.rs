@@ -5,10 +5,10 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("{path}: invalid config.json ({source}); it must be a HF Llama config")]
-    Json { path: String, source: serde_json::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("{path}: invalid config.json ({error}); it must be a HF Llama config")]
+    Json { path: String, error: serde_json::Error },
     #[error("invalid model config: {0}")]
     Invalid(String),
 }
@@ -98,9 +98,9 @@ impl HfLlamaConfig {
     /// Reads a HF `config.json`, and the model shape it describes.
     pub fn load(path: &Path) -> Result<(Self, ModelConfig), ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io { path: p.clone(), error })?;
         let hf: HfLlamaConfig =
-            serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: p.clone(), source })?;
+            serde_json::from_str(&text).map_err(|error| ConfigError::Json { path: p.clone(), error })?;
         let cfg = ModelConfig::from_hf(&hf).map_err(|e| ConfigError::Invalid(format!("{p}: {e}")))?;
         Ok((hf, cfg))
     }

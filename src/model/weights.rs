@@ -8,8 +8,8 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: not a valid safetensors file ({msg})")]
     Format { path: String, msg: String },
     #[error("{path}: tensor `{name}` is missing; the checkpoint does not match its config.json")]
@@ -34,7 +34,7 @@ pub fn save_safetensors(path: &Path, layout: &ParamLayout, params: &[f32]) -> Re
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let p = path.display().to_string();
     safetensors::serialize_to_file(views, &Some(meta), path).map_err(|e| match e {
-        safetensors::SafeTensorError::IoError(source) => WeightsError::Io { path: p, source },
+        safetensors::SafeTensorError::IoError(error) => WeightsError::Io { path: p, error },
         e => WeightsError::Format { path: p, msg: e.to_string() },
     })
 }
@@ -46,10 +46,9 @@ pub fn load_safetensors(paths: &[&Path], layout: &ParamLayout) -> Result<Vec<f32
     let mut found = vec![false; layout.tensors.len()];
     for path in paths {
         let p = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|source| WeightsError::Io { path: p.clone(), source })?;
+        let file = std::fs::File::open(path).map_err(|error| WeightsError::Io { path: p.clone(), error })?;
         // SAFETY: the file is opened read-only and not modified while mapped.
-        let mmap =
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|source| WeightsError::Io { path: p.clone(), source })?;
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|error| WeightsError::Io { path: p.clone(), error })?;
         let st = SafeTensors::deserialize(&mmap)
             .map_err(|e| WeightsError::Format { path: p.clone(), msg: e.to_string() })?;
         for (i, t) in layout.tensors.iter().enumerate() {
@@ -164,6 +163,13 @@ pub fn load_model_dir(dir: &Path) -> Result<ModelDir, ModelDirError> {
     if !dir.is_dir() {
         return Err(ModelDirError::NotADir(dir.display().to_string()));
     }
+    if !dir.join("config.json").exists() {
+        // a training run's directory: point at the checkpoint its `latest` file names
+        let latest = std::fs::read_to_string(dir.join("latest")).ok().map(|name| dir.join(name.trim()));
+        if let Some(ck) = latest.filter(|ck| ck.join("config.json").is_file()) {
+            return Err(ModelDirError::RunDir { run: dir.display().to_string(), latest: ck.display().to_string() });
+        }
+    }
     let (hf, cfg) = HfLlamaConfig::load(&dir.join("config.json"))?;
     let (bos, eos) = hf.special_ids();
     let layout = ParamLayout::new(&cfg);
@@ -181,7 +187,7 @@ pub fn save_model_dir(
     bos: Option<u32>,
     eos: Option<u32>,
 ) -> Result<(), ModelDirError> {
-    let io = |source| ModelDirError::Io { path: dir.display().to_string(), source };
+    let io = |error| ModelDirError::Io { path: dir.display().to_string(), error };
     std::fs::create_dir_all(dir).map_err(io)?;
     let json = |v: serde_json::Value| serde_json::to_string_pretty(&v).expect("json values serialise");
     let hf = serde_json::to_value(cfg.to_hf(bos, eos)).expect("config serialises");
@@ -219,10 +225,14 @@ fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>, ModelDirErro
 pub enum ModelDirError {
     #[error("{0}: not a model directory (expected a folder with config.json and model.safetensors)")]
     NotADir(String),
+    #[error(
+        "{run} is a training run, not a model; its latest checkpoint is {latest}: pass that (or another step-* directory of the run)"
+    )]
+    RunDir { run: String, latest: String },
     #[error("{0}")]
     NoWeights(String),
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error(transparent)]
     Config(#[from] crate::model::config::ConfigError),
     #[error(transparent)]

@@ -16,8 +16,8 @@ pub const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "tokenizer_config.json
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: {msg}")]
     Corrupt { path: String, msg: String },
     #[error(transparent)]
@@ -27,7 +27,7 @@ pub enum CheckpointError {
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.display().to_string(), source }
+    move |error| CheckpointError::Io { path: path.display().to_string(), error }
 }
 
 /// Everything besides weights and moments that a run needs to continue exactly.

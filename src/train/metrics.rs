@@ -25,8 +25,8 @@ pub struct Record {
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}:{line}: not a metrics record ({msg})")]
     Parse { path: String, line: usize, msg: String },
     #[error("{path}: cannot draw the plot ({msg})")]
@@ -34,14 +34,14 @@ pub enum MetricsError {
 }
 
 pub fn append(path: &Path, r: &Record) -> Result<(), MetricsError> {
-    let io = |source| MetricsError::Io { path: path.display().to_string(), source };
+    let io = |error| MetricsError::Io { path: path.display().to_string(), error };
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(io)?;
     writeln!(f, "{}", serde_json::to_string(r).expect("records serialise")).map_err(io)
 }
 
 pub fn read(path: &Path) -> Result<Vec<Record>, MetricsError> {
     let p = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| MetricsError::Io { path: p.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|error| MetricsError::Io { path: p.clone(), error })?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -65,10 +65,8 @@ pub fn truncate_after(path: &Path, step: usize) -> Result<(), MetricsError> {
         .filter(|r| r.step <= step)
         .map(|r| serde_json::to_string(r).expect("records serialise") + "\n")
         .collect();
-    crate::train::checkpoint::write_atomic(path, kept.as_bytes()).map_err(|e| MetricsError::Io {
-        path: path.display().to_string(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    crate::train::checkpoint::write_atomic(path, kept.as_bytes())
+        .map_err(|e| MetricsError::Io { path: path.display().to_string(), error: std::io::Error::other(e.to_string()) })
 }
 
 const FONT: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");

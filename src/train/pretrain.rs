@@ -23,8 +23,8 @@ pub enum TrainError {
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{0}")]
     Setup(String),
     #[error(
@@ -229,6 +229,6 @@ fn progress_bar(max_steps: usize, done: usize) -> ProgressBar {
     bar
 }
 
-fn io(path: &Path, source: std::io::Error) -> TrainError {
-    TrainError::Io { path: path.display().to_string(), source }
+fn io(path: &Path, error: std::io::Error) -> TrainError {
+    TrainError::Io { path: path.display().to_string(), error }
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: {msg}")]
     Parse { path: String, msg: String },
     #[error("--set {arg}: {msg}")]
@@ -108,7 +108,7 @@ impl Recipe {
     /// anything that does not parse as one is taken as a string).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self, RecipeError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Io { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|error| RecipeError::Io { path: p.clone(), error })?;
         Self::parse(&text, &p, overrides)
     }
 
