@@ -164,6 +164,7 @@ fn bad_input_gives_clear_errors() {
     let ck = empty.path().join("step-000010");
     std::fs::create_dir(&ck).unwrap();
     std::fs::copy(dir.path().join("config.json"), ck.join("config.json")).unwrap();
+    std::fs::write(ck.join("trainer_state.json"), "{}").unwrap();
     let r = shoucuo(&["generate", "--model", empty.path().to_str().unwrap(), "--prompt", "w5"], "");
     let err = text(&r.stderr);
     assert!(!r.status.success() && err.contains("is a training run") && err.contains("step-000010"), "{err}");

@@ -158,6 +158,23 @@ fn one_step_prefill_gives_logits_of_every_position() {
     assert_eq!(cache.len(), TOKS.len());
 }
 
+#[test]
+fn q8_prefill_of_many_rows_equals_decoding_one_at_a_time() {
+    // a prompt's rows go through the products together and through the row-wise parts (norms,
+    // SwiGLU, quantization) threaded over rows; each row's logits must not depend on that
+    let c = cfg(true);
+    let m = InferModel::new(&c, &params(&c, 4), Quant::Q8).unwrap();
+    let (mut s, mut cache) = (Scratch::new(&m, TOKS.len()), KvCache::new(&c, c.max_seq_len, KvType::F16));
+    let rows: Vec<(usize, u32)> = TOKS.iter().map(|&t| (0, t)).collect();
+    let all = m.step(&mut s, std::slice::from_mut(&mut cache), &rows, Logits::All).unwrap().to_vec();
+    let (mut s1, mut one) = (Scratch::new(&m, 1), KvCache::new(&c, c.max_seq_len, KvType::F16));
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (t, &tok) in TOKS.iter().enumerate() {
+        let l = m.decode(&mut s1, std::slice::from_mut(&mut one), &[(0, tok)]).unwrap();
+        assert_eq!(bits(l), bits(&all[t * c.vocab_size..(t + 1) * c.vocab_size]), "position {t}");
+    }
+}
+
 /// Decodes `toks` one at a time with the given weight and KV formats; returns the largest
 /// |logit - reference|, the largest reference |logit|, and how often the greedy choices agree.
 fn decode_vs_reference(c: &ModelConfig, p: &[f32], toks: &[u32], quant: Quant, kv: KvType) -> (f64, f64, usize) {

@@ -163,12 +163,10 @@ pub fn load_model_dir(dir: &Path) -> Result<ModelDir, ModelDirError> {
     if !dir.is_dir() {
         return Err(ModelDirError::NotADir(dir.display().to_string()));
     }
-    if !dir.join("config.json").exists() {
-        // a training run's directory: point at the checkpoint its `latest` file names
-        let latest = std::fs::read_to_string(dir.join("latest")).ok().map(|name| dir.join(name.trim()));
-        if let Some(ck) = latest.filter(|ck| ck.join("config.json").is_file()) {
-            return Err(ModelDirError::RunDir { run: dir.display().to_string(), latest: ck.display().to_string() });
-        }
+    if !dir.join("config.json").exists()
+        && let Ok(Some(ck)) = crate::train::checkpoint::latest_dir(dir)
+    {
+        return Err(ModelDirError::RunDir { run: dir.display().to_string(), latest: ck.display().to_string() });
     }
     let (hf, cfg) = HfLlamaConfig::load(&dir.join("config.json"))?;
     let (bos, eos) = hf.special_ids();

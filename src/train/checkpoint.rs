@@ -93,18 +93,19 @@ pub fn save(run_dir: &Path, ck: &CheckpointData, keep_last: usize) -> Result<Pat
     Ok(dst)
 }
 
-/// Loads the checkpoint `RUN/latest` names (or, if that is missing, the newest complete one).
-/// Returns `None` for a run with no checkpoint yet.
+/// Loads the checkpoint [`latest_dir`] finds. Returns `None` for a run with no checkpoint yet.
 pub fn load_latest(run_dir: &Path) -> Result<Option<LoadedCheckpoint>, CheckpointError> {
+    latest_dir(run_dir)?.map(|dir| load(&dir)).transpose()
+}
+
+/// The checkpoint `RUN/latest` names, or if that is missing or incomplete, the newest complete
+/// one; `None` for a run with no checkpoint yet (or a folder that is no run).
+pub fn latest_dir(run_dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
     let named = std::fs::read_to_string(run_dir.join("latest")).ok().map(|s| run_dir.join(s.trim()));
-    let dir = match named.filter(|d| d.join("trainer_state.json").is_file()) {
-        Some(d) => d,
-        None => match step_dirs(run_dir)?.pop() {
-            Some(d) => d,
-            None => return Ok(None),
-        },
-    };
-    load(&dir).map(Some)
+    match named.filter(|d| d.join("trainer_state.json").is_file()) {
+        Some(d) => Ok(Some(d)),
+        None => Ok(step_dirs(run_dir)?.pop()),
+    }
 }
 
 /// Loads one checkpoint directory.

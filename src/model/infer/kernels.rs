@@ -10,7 +10,6 @@ use super::aligned::Aligned;
 use crate::model::kernels::rmsnorm::{row_rstd, scale_row};
 use crate::model::kernels::{SharedMut, exp};
 use half::f16;
-use std::cell::RefCell;
 
 /// q8_0 block length: each run of 32 weights of a row shares one f32 scale.
 pub const Q8_BLOCK: usize = 32;
@@ -67,7 +66,7 @@ fn q8_index(n: usize, j: usize, kp: usize) -> usize {
 /// even), the last block zero-padded. x: [k] -> q: [nbk * 32], scale, sum: [nbk] (the sum of
 /// each block's int8 values).
 fn quantize_row(x: &[f32], q: &mut [i8], scale: &mut [f32], sum: &mut [i32]) {
-    debug_assert!(q.len() == scale.len() * Q8_BLOCK && x.len().div_ceil(Q8_BLOCK) == scale.len());
+    assert!(q.len() == scale.len() * Q8_BLOCK && x.len().div_ceil(Q8_BLOCK) == scale.len() && sum.len() == scale.len());
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F; the lengths are as documented.
@@ -175,7 +174,7 @@ impl Matrix {
 /// and int8 values (`q`: [nb, kp], zero-padded), plus each block's sum of values, which removes
 /// the weights' +128 offset: Σ (w + 128)·x = Σ w·x + 128·Σ x.
 #[derive(Default)]
-pub struct QuantRows {
+pub(crate) struct QuantRows {
     q: Vec<i8>,
     scale: Vec<f32>,
     sum: Vec<i32>,
@@ -184,8 +183,19 @@ pub struct QuantRows {
 }
 
 impl QuantRows {
-    /// x: [nb, k]. Reuses its buffers: no allocation once they are large enough (every block,
-    /// padding included, is rewritten).
+    /// Buffers for up to `rows` rows of up to `k` values: shaping them later allocates nothing.
+    pub(crate) fn with_capacity(rows: usize, k: usize) -> Self {
+        let nbk = k.div_ceil(Q8_BLOCK);
+        QuantRows {
+            q: Vec::with_capacity(rows * nbk * Q8_BLOCK),
+            scale: Vec::with_capacity(rows * nbk),
+            sum: Vec::with_capacity(rows * nbk),
+            k: 0,
+        }
+    }
+
+    /// x: [nb, k].
+    #[cfg(test)]
     fn quantize(&mut self, x: &[f32], nb: usize, k: usize) {
         let rows = self.rows(nb, k);
         for (b, xr) in x.chunks_exact(k).take(nb).enumerate() {
@@ -196,7 +206,7 @@ impl QuantRows {
 
     /// Shapes the buffers for `nb` rows of `k` values (growing them the first time) and returns
     /// a handle through which several threads quantize distinct rows at once.
-    pub fn rows(&mut self, nb: usize, k: usize) -> QuantRowsMut<'_> {
+    pub(crate) fn rows(&mut self, nb: usize, k: usize) -> QuantRowsMut<'_> {
         let nbk = k.div_ceil(Q8_BLOCK);
         self.q.resize(nb * nbk * Q8_BLOCK, 0);
         self.scale.resize(nb * nbk, 0.0);
@@ -220,7 +230,7 @@ impl QuantRows {
 
 /// The rows of a [`QuantRows`] being written (see [`QuantRows::rows`]).
 #[derive(Clone, Copy)]
-pub struct QuantRowsMut<'a> {
+pub(crate) struct QuantRowsMut<'a> {
     q: SharedMut<'a, i8>,
     scale: SharedMut<'a, f32>,
     sum: SharedMut<'a, i32>,
@@ -231,7 +241,7 @@ impl QuantRowsMut<'_> {
     /// Quantizes row `b`: x: [k].
     /// # Safety
     /// `b` is below the rows the handle was made for, and no other thread writes row `b` meanwhile.
-    pub unsafe fn quantize(&self, b: usize, x: &[f32]) {
+    pub(crate) unsafe fn quantize(&self, b: usize, x: &[f32]) {
         assert_eq!(x.len(), self.k, "a row of {} values for products of {}", x.len(), self.k);
         let nbk = self.k.div_ceil(Q8_BLOCK);
         // SAFETY: as documented: row b's elements, in the buffers, written by this thread alone.
@@ -249,31 +259,22 @@ impl QuantRowsMut<'_> {
 /// Below this many multiply–adds a product runs on the calling thread (a pool round trip costs more).
 const PAR_MIN_MACS: usize = 1 << 16;
 
-thread_local! {
-    /// The calling thread's quantized activations for q8 products.
-    static QUANT_ROWS: RefCell<QuantRows> = RefCell::new(QuantRows::default());
-}
-
-/// Batched matrix–vector product, threaded over panels of W's rows.
-/// x: [nb, w.cols], out: [nb, w.rows]; out[b, n] = Σ_j W[n, j] · x[b, j]. f32: summed in order
-/// of j, one fused multiply–add per term. q8: x is quantized per block of 32 as the weights are;
-/// each block's exact int32 dot product, times both scales, is added in order of blocks.
+/// Batched matrix–vector product of f32 weights, threaded over panels of W's rows.
+/// x: [nb, w.cols], out: [nb, w.rows]; out[b, n] = Σ_j W[n, j] · x[b, j], summed in order of j,
+/// one fused multiply–add per term.
 pub fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
+    assert!(matches!(w.data, Data::F32(_)), "matmul takes f32 weights; q8 ones go through matmul_quantized");
     assert!(x.len() >= nb * w.cols && out.len() >= nb * w.rows);
-    match &w.data {
-        Data::F32(_) => for_panels(out, w, nb, |o, p0, p1| {
-            // SAFETY: as documented on `for_panels`.
-            unsafe { f32_panels(o, x, w, nb, p0, p1) }
-        }),
-        Data::Q8 { .. } => QUANT_ROWS.with_borrow_mut(|xq| {
-            xq.quantize(x, nb, w.cols);
-            matmul_quantized(out, xq, w, nb);
-        }),
-    }
+    for_panels(out, w, nb, |o, p0, p1| {
+        // SAFETY: as documented on `for_panels`.
+        unsafe { f32_panels(o, x, w, nb, p0, p1) }
+    });
 }
 
-/// [`matmul`] of q8 weights by rows already quantized (the first nb of `xq`).
-pub fn matmul_quantized(out: &mut [f32], xq: &QuantRows, w: &Matrix, nb: usize) {
+/// [`matmul`] of q8 weights by the first nb rows of `xq`, quantized per block of 32 as the
+/// weights are: each block's exact int32 dot product, times both scales, is added in order of
+/// blocks.
+pub(crate) fn matmul_quantized(out: &mut [f32], xq: &QuantRows, w: &Matrix, nb: usize) {
     assert!(matches!(w.data, Data::Q8 { .. }), "matmul_quantized takes q8 weights");
     assert!(xq.k == w.cols && xq.scale.len() >= nb * w.cols.div_ceil(Q8_BLOCK) && out.len() >= nb * w.rows);
     for_panels(out, w, nb, |o, p0, p1| {
@@ -547,10 +548,12 @@ mod avx512 {
         let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
         for (blk, (d, s)) in scale.iter_mut().zip(sum).enumerate() {
             let at = blk * Q8_BLOCK;
-            // SAFETY: the masks cover only x's elements; q holds scale.len() whole blocks.
+            // SAFETY: the masks cover only x's elements (the second half of a last block may lie
+            // wholly past x's end, hence wrapping_add: its mask is then empty); q holds
+            // scale.len() whole blocks.
             unsafe {
                 let a = _mm512_maskz_loadu_ps(mask(at), x.as_ptr().add(at));
-                let b = _mm512_maskz_loadu_ps(mask(at + 16), x.as_ptr().add(at + 16));
+                let b = _mm512_maskz_loadu_ps(mask(at + 16), x.as_ptr().wrapping_add(at + 16));
                 *d = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b))) / 127.0;
                 let inv = _mm512_set1_ps(super::inverse_scale(*d));
                 // max returns its second operand for NaN (-127, as the portable path); converted
@@ -985,10 +988,9 @@ fn key_scores_portable<T: KvElem, const H: usize, const U: usize>(
 }
 
 /// x[..n] = softmax(x[..n]) in place, in 16 lanes over n rounded up to 16 (x must hold that many;
-/// the padding becomes −∞ and then 0). On attention's short rows the training softmax's
-/// reductions over 64 lanes, with a padded copy each, cost about as much as the exponentials:
-/// at 96 positions its 4 softmaxes took a third of a warm small-zh (row, KV head) pair's
-/// attention; these take 26% less (the pair: ×0.91).
+/// the padding is set to −∞, adds e^−87 ≈ 1e-38 each to the sum (exp clamps there), and is not
+/// read afterwards). Attention's rows are short: the training softmax's reductions over 64 lanes,
+/// each copying a padded last chunk, cost about as much as its exponentials there.
 fn softmax_padded(x: &mut [f32], n: usize) {
     let x = &mut x[..n.next_multiple_of(16)];
     x[n..].fill(f32::NEG_INFINITY);
@@ -1098,6 +1100,18 @@ mod tests {
         o
     }
 
+    /// out = x @ W^T for either weight format (q8: x quantized first).
+    fn product(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
+        match w.data {
+            Data::F32(_) => matmul(out, x, w, nb),
+            Data::Q8 { .. } => {
+                let mut xq = QuantRows::default();
+                xq.quantize(x, nb, w.cols);
+                matmul_quantized(out, &xq, w, nb);
+            }
+        }
+    }
+
     #[test]
     fn matmul_matches_naive_for_odd_shapes() {
         for (nb, n, k) in [(1, 7, 5), (5, 9, 37), (4, 300, 688), (9, 130, 256)] {
@@ -1106,7 +1120,7 @@ mod tests {
             for q in [Quant::F32, Quant::Q8] {
                 let m = Matrix::new(&w, n, k, q);
                 let mut got = vec![0.0; nb * n];
-                matmul(&mut got, &x, &m, nb);
+                product(&mut got, &x, &m, nb);
                 let tol = if q == Quant::F32 { 1e-4 } else { 0.02 * (k as f32).sqrt() / 8.0 };
                 for (a, b) in got.iter().zip(&want) {
                     assert!((a - b).abs() < tol, "{q:?} {nb}x{n}x{k}: {a} vs {b}");
@@ -1129,7 +1143,7 @@ mod tests {
         let xdeq: Vec<f32> = (0..nb).flat_map(|b| xq.row(b, k)).collect();
         let want = naive(&xdeq, &deq, nb, n, k);
         let mut got = vec![0.0; nb * n];
-        matmul(&mut got, &x, &q, nb);
+        product(&mut got, &x, &q, nb);
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
@@ -1139,7 +1153,8 @@ mod tests {
     /// asserts that they agree and returns (q, scales, sums).
     fn quantize_both(x: &[f32]) -> (Vec<i8>, Vec<f32>, Vec<i32>) {
         let nbk = x.len().div_ceil(Q8_BLOCK);
-        let mut a = (vec![0i8; nbk * Q8_BLOCK], vec![0f32; nbk], vec![0i32; nbk]);
+        // both start from values that a kernel which skipped an element would leave behind
+        let mut a = (vec![3i8; nbk * Q8_BLOCK], vec![3f32; nbk], vec![3i32; nbk]);
         let mut b = (vec![1i8; nbk * Q8_BLOCK], vec![1f32; nbk], vec![1i32; nbk]);
         quantize_row(x, &mut a.0, &mut a.1, &mut a.2);
         quantize_row_portable(x, &mut b.0, &mut b.1, &mut b.2);
@@ -1370,7 +1385,7 @@ mod tests {
                 }
                 for b in 0..nb {
                     let mut one = vec![0.0; n];
-                    matmul(&mut one, &x[b * k..(b + 1) * k], &m, 1);
+                    product(&mut one, &x[b * k..(b + 1) * k], &m, 1);
                     assert_eq!(one, all[b * n..(b + 1) * n], "{q:?} {nb} rows, row {b}");
                 }
             }

@@ -4,8 +4,7 @@
 //!
 //! One step runs a list of rows `(cache, token)` through the model. Each row sits at the next free
 //! position of its cache; several rows of one cache (a prompt) take consecutive positions.
-//! All buffers live in [`Scratch`] and [`KvCache`], sized once (the quantized input rows of q8
-//! products grow to their largest size in the first step): a decode step allocates nothing.
+//! All buffers live in [`Scratch`] and [`KvCache`], sized once: a decode step allocates nothing.
 //! Products are threaded over weight rows; the row-wise parts around them (norms, SwiGLU, the
 //! quantization of a product's input) over rows.
 
@@ -307,7 +306,10 @@ impl Scratch {
             scores: vec![0.0; r * c.n_heads * c.max_seq_len.next_multiple_of(KEY_BLOCK)],
             h13: vec![0.0; r * 2 * c.ffn_hidden],
             h: vec![0.0; r * c.ffn_hidden],
-            xq: QuantRows::default(),
+            xq: match m.quant {
+                Quant::Q8 => QuantRows::with_capacity(r, c.dim.max(c.q_dim()).max(c.ffn_hidden)),
+                Quant::F32 => QuantRows::default(),
+            },
             pos: vec![0; r],
             last: Vec::with_capacity(r),
             logits: if logits { vec![0.0; r * c.vocab_size] } else { vec![] },
