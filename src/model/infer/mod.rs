@@ -243,7 +243,7 @@ fn cache_size(s: &str) -> Option<usize> {
 pub const SPLIT_ROWS: usize = 2;
 
 /// Rows per thread from which the row-wise parts of a step (norms, SwiGLU, quantization) are
-/// threaded; below it a pool round trip costs more than the work.
+/// threaded: a pool round trip (0.6–0.9 µs here) costs about what a few rows' work does.
 const PAR_ROWS: usize = 4;
 
 /// Runs `f` over contiguous ranges of `nr` rows: one per pool thread, each of at least
