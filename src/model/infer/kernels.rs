@@ -183,15 +183,12 @@ pub(crate) struct QuantRows {
 }
 
 impl QuantRows {
-    /// Buffers for up to `rows` rows of up to `k` values: shaping them later allocates nothing.
-    pub(crate) fn with_capacity(rows: usize, k: usize) -> Self {
-        let nbk = k.div_ceil(Q8_BLOCK);
-        QuantRows {
-            q: Vec::with_capacity(rows * nbk * Q8_BLOCK),
-            scale: Vec::with_capacity(rows * nbk),
-            sum: Vec::with_capacity(rows * nbk),
-            k: 0,
-        }
+    /// Buffers for up to `rows` rows of up to `k` values: quantizing into them later allocates
+    /// and clears nothing.
+    pub(crate) fn new(rows: usize, k: usize) -> Self {
+        let mut xq = QuantRows::default();
+        xq.rows(rows, k);
+        xq
     }
 
     /// x: [nb, k].
@@ -204,13 +201,16 @@ impl QuantRows {
         }
     }
 
-    /// Shapes the buffers for `nb` rows of `k` values (growing them the first time) and returns
-    /// a handle through which several threads quantize distinct rows at once.
+    /// Lays out the buffers as `nb` rows of `k` values (growing them if they are too small; they
+    /// never shrink, so a step that alternates widths does not clear them again each time) and
+    /// returns a handle through which several threads quantize distinct rows at once.
     pub(crate) fn rows(&mut self, nb: usize, k: usize) -> QuantRowsMut<'_> {
         let nbk = k.div_ceil(Q8_BLOCK);
-        self.q.resize(nb * nbk * Q8_BLOCK, 0);
-        self.scale.resize(nb * nbk, 0.0);
-        self.sum.resize(nb * nbk, 0);
+        if self.scale.len() < nb * nbk {
+            self.q.resize(nb * nbk * Q8_BLOCK, 0);
+            self.scale.resize(nb * nbk, 0.0);
+            self.sum.resize(nb * nbk, 0);
+        }
         self.k = k;
         QuantRowsMut {
             q: SharedMut::new(&mut self.q),

@@ -307,7 +307,7 @@ impl Scratch {
             h13: vec![0.0; r * 2 * c.ffn_hidden],
             h: vec![0.0; r * c.ffn_hidden],
             xq: match m.quant {
-                Quant::Q8 => QuantRows::with_capacity(r, c.dim.max(c.q_dim()).max(c.ffn_hidden)),
+                Quant::Q8 => QuantRows::new(r, c.dim.max(c.q_dim()).max(c.ffn_hidden)),
                 Quant::F32 => QuantRows::default(),
             },
             pos: vec![0; r],
