@@ -1,6 +1,7 @@
 //! `shoucuo bench memory`: how fast this machine reads a buffer of a given size with N threads —
 //! the yardstick for `bench decode`'s `decode_gb_per_s` (small buffers come from cache, large ones
-//! from DRAM). The buffer starts on a cache line, as the model's weights and KV caches do.
+//! from DRAM). The buffer is allocated as the model's weights are: on a cache line, and from 2 MiB
+//! on its own mapping with huge pages asked for.
 
 use crate::model::infer::aligned::Aligned;
 use crate::model::infer::pool;

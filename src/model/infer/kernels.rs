@@ -6,10 +6,12 @@
 //! whatever the number of rows in the batch, so a sequence decoded alone or inside a batch gets
 //! bit-identical logits.
 
-use super::aligned::Aligned;
+use super::aligned::{Aligned, Part, cast_mut};
 use crate::model::kernels::rmsnorm::{row_rstd, scale_row};
 use crate::model::kernels::{SharedMut, exp};
 use half::f16;
+use std::borrow::Cow;
+use std::sync::Arc;
 
 /// q8_0 block length: each run of 32 weights of a row shares one f32 scale.
 pub const Q8_BLOCK: usize = 32;
@@ -39,15 +41,16 @@ const LANES: usize = 16;
 
 /// Weights stored in panels of 16 rows (rows padded with zeros to a multiple of 16). One pass over
 /// a panel broadcasts input values against 16 rows' weights and accumulates 16 outputs in one
-/// register, so no horizontal sums are needed and the same loads serve every input row.
+/// register, so no horizontal sums are needed and the same loads serve every input row. The
+/// parts live in one buffer shared by all matrices packed together ([`Matrix::pack_all`]).
 enum Data {
     /// Column by column: element (n, j) at `((n / 16) * k + j) * 16 + n % 16`.
-    F32(Aligned<f32>),
+    F32(Part<f32>),
     /// `q`: the int8 value + 128 (so unsigned, the operand type of the int8 dot-product
     /// instruction), over `k` padded to whole blocks, in groups of 4 columns: element (n, j) at
     /// `((n / 16) * kp + j / 4 * 4) * 16 + (n % 16) * 4 + j % 4`; each 64-byte group holds 4
     /// consecutive weights of 16 rows. `scales`: one f32 per (row, block), `[panel, block, 16]`.
-    Q8 { q: Aligned<u8>, scales: Vec<f32> },
+    Q8 { q: Part<u8>, scales: Part<f32> },
 }
 
 /// A weight matrix W: [rows, cols] (PyTorch `[out, in]`), applied as y = x @ W^T.
@@ -111,38 +114,39 @@ fn quantize_block_portable(x: &[f32; Q8_BLOCK], q: &mut [i8; Q8_BLOCK]) -> (f32,
 impl Matrix {
     /// w: [rows, cols] row-major.
     pub fn new(w: &[f32], rows: usize, cols: usize, quant: Quant) -> Self {
-        debug_assert_eq!(w.len(), rows * cols);
-        let panels = rows.div_ceil(LANES);
-        let data = match quant {
-            Quant::F32 => {
-                let mut p = Aligned::zeroed(panels * cols * LANES);
-                for (n, row) in w.chunks_exact(cols).enumerate() {
-                    for (j, &v) in row.iter().enumerate() {
-                        p[((n / LANES) * cols + j) * LANES + n % LANES] = v;
-                    }
-                }
-                Data::F32(p)
-            }
-            Quant::Q8 => {
-                let nbk = cols.div_ceil(Q8_BLOCK);
-                let kp = nbk * Q8_BLOCK;
-                let mut q = Aligned::zeroed(panels * kp * LANES);
-                q.fill(128);
-                let mut scales = vec![0f32; panels * nbk * LANES];
-                let (mut qr, mut dr, mut sr) = (vec![0i8; kp], vec![0f32; nbk], vec![0i32; nbk]);
-                for (n, row) in w.chunks_exact(cols).enumerate() {
-                    quantize_row(row, &mut qr, &mut dr, &mut sr);
-                    for (b, &d) in dr.iter().enumerate() {
-                        scales[((n / LANES) * nbk + b) * LANES + n % LANES] = d;
-                    }
-                    for (j, &v) in qr[..cols].iter().enumerate() {
-                        q[q8_index(n, j, kp)] = (v as i16 + 128) as u8;
-                    }
-                }
-                Data::Q8 { q, scales }
-            }
-        };
-        Matrix { rows, cols, data }
+        let mut m = Self::pack_all(quant, &[(rows, cols)], |_| Cow::Borrowed(w));
+        m.pop().expect("one matrix")
+    }
+
+    /// Packs matrices of the given shapes `(rows, cols)` into one buffer, so that a model's
+    /// weights are one mapping (on huge pages where the OS grants them; see `aligned`).
+    /// `weights(i)`: matrix i, [rows, cols] row-major, asked for once each, in order.
+    pub fn pack_all<'a>(
+        quant: Quant,
+        shapes: &[(usize, usize)],
+        weights: impl Fn(usize) -> Cow<'a, [f32]>,
+    ) -> Vec<Self> {
+        let layouts: Vec<_> = shapes.iter().map(|&(rows, cols)| Layout { rows, cols, quant }).collect();
+        let starts: Vec<usize> = layouts.iter().scan(0, |at, l| Some(std::mem::replace(at, *at + l.bytes()))).collect();
+        let total = layouts.iter().map(Layout::bytes).sum();
+        let mut buf = Aligned::<u8>::zeroed(total);
+        for (i, (l, &start)) in layouts.iter().zip(&starts).enumerate() {
+            let w = weights(i);
+            assert_eq!(w.len(), l.rows * l.cols, "matrix {i}: {} values for {} x {}", w.len(), l.rows, l.cols);
+            l.pack(&w, &mut buf, start);
+        }
+        let buf = Arc::new(buf);
+        let parts = layouts.iter().zip(starts).map(|(l, start)| {
+            let data = match quant {
+                Quant::F32 => Data::F32(Part::new(buf.clone(), start, l.values())),
+                Quant::Q8 => Data::Q8 {
+                    q: Part::new(buf.clone(), start, l.values()),
+                    scales: Part::new(buf.clone(), start + l.first_part(), l.scales()),
+                },
+            };
+            Matrix { rows: l.rows, cols: l.cols, data }
+        });
+        parts.collect()
     }
 
     /// Bytes read from memory by one pass over the weights.
@@ -164,6 +168,79 @@ impl Matrix {
                 for (j, o) in out.iter_mut().enumerate() {
                     let s = scales[(pn * nbk + j / Q8_BLOCK) * LANES + lane];
                     *o = (q[q8_index(r, j, nbk * Q8_BLOCK)] as i32 - 128) as f32 * s;
+                }
+            }
+        }
+    }
+}
+
+/// Where a matrix's parts lie in a packed buffer: its weights (f32, or q8 values), then for q8
+/// its scales, each part starting on a cache line.
+struct Layout {
+    rows: usize,
+    cols: usize,
+    quant: Quant,
+}
+
+impl Layout {
+    fn panels(&self) -> usize {
+        self.rows.div_ceil(LANES)
+    }
+
+    fn blocks(&self) -> usize {
+        self.cols.div_ceil(Q8_BLOCK)
+    }
+
+    /// Weights stored: f32 values, or q8 bytes over whole blocks.
+    fn values(&self) -> usize {
+        match self.quant {
+            Quant::F32 => self.panels() * self.cols * LANES,
+            Quant::Q8 => self.panels() * self.blocks() * Q8_BLOCK * LANES,
+        }
+    }
+
+    /// q8 scales: one per (row, block).
+    fn scales(&self) -> usize {
+        self.panels() * self.blocks() * LANES
+    }
+
+    /// Bytes of the weights part, rounded up to a cache line.
+    fn first_part(&self) -> usize {
+        let elem = if self.quant == Quant::F32 { 4 } else { 1 };
+        (self.values() * elem).next_multiple_of(64)
+    }
+
+    fn bytes(&self) -> usize {
+        self.first_part() + if self.quant == Quant::Q8 { (self.scales() * 4).next_multiple_of(64) } else { 0 }
+    }
+
+    /// Writes w ([rows, cols] row-major) in this layout at byte `at` of `buf` (zeroed).
+    fn pack(&self, w: &[f32], buf: &mut [u8], at: usize) {
+        let (cols, kp) = (self.cols, self.blocks() * Q8_BLOCK);
+        match self.quant {
+            Quant::F32 => {
+                let p = cast_mut::<f32>(buf, at, self.values());
+                for (n, row) in w.chunks_exact(cols).enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        p[((n / LANES) * cols + j) * LANES + n % LANES] = v;
+                    }
+                }
+            }
+            Quant::Q8 => {
+                let (qb, sb) = buf[at..at + self.bytes()].split_at_mut(self.first_part());
+                let q = cast_mut::<u8>(qb, 0, self.values());
+                let scales = cast_mut::<f32>(sb, 0, self.scales());
+                q.fill(128);
+                let nbk = self.blocks();
+                let (mut qr, mut dr, mut sr) = (vec![0i8; kp], vec![0f32; nbk], vec![0i32; nbk]);
+                for (n, row) in w.chunks_exact(cols).enumerate() {
+                    quantize_row(row, &mut qr, &mut dr, &mut sr);
+                    for (j, &v) in qr[..cols].iter().enumerate() {
+                        q[q8_index(n, j, kp)] = (v as i16 + 128) as u8;
+                    }
+                    for (b, &d) in dr.iter().enumerate() {
+                        scales[((n / LANES) * nbk + b) * LANES + n % LANES] = d;
+                    }
                 }
             }
         }

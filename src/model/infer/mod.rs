@@ -20,6 +20,7 @@ use aligned::Aligned;
 use half::f16;
 pub use kernels::Quant;
 use kernels::{KEY_BLOCK, Matrix, QuantRows, QuantRowsMut, attend, matmul, matmul_quantized, rmsnorm, rope};
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -345,19 +346,34 @@ impl InferModel {
             return Err(InferError::ParamCount { got: params.len(), want: lay.total() });
         }
         let (d, f, qd, kvd) = (cfg.dim, cfg.ffn_hidden, cfg.q_dim(), cfg.kv_dim());
-        let stack = |parts: &[&std::ops::Range<usize>]| -> Vec<f32> {
-            parts.iter().flat_map(|r| params[(*r).clone()].iter().copied()).collect()
+        let stack = |parts: &[&std::ops::Range<usize>]| -> Cow<[f32]> {
+            Cow::Owned(parts.iter().flat_map(|r| params[(*r).clone()].iter().copied()).collect())
         };
+        // Per layer q, k, v stacked; the output projection; gate and up stacked; down. Then the head.
+        let shapes = [(qd + 2 * kvd, d), (d, qd), (2 * f, d), (d, f)];
+        let mut all: Vec<_> = std::iter::repeat_n(shapes, cfg.n_layers).flatten().collect();
+        all.push((cfg.vocab_size, d));
+        let mut matrices = Matrix::pack_all(quant, &all, |i| match lay.layers.get(i / 4) {
+            None => Cow::Borrowed(&params[lay.lm_head.clone()]),
+            Some(l) => match i % 4 {
+                0 => stack(&[&l.wq, &l.wk, &l.wv]),
+                1 => Cow::Borrowed(&params[l.wo.clone()]),
+                2 => stack(&[&l.w_gate, &l.w_up]),
+                _ => Cow::Borrowed(&params[l.w_down.clone()]),
+            },
+        })
+        .into_iter();
+        let mut next = || matrices.next().expect("a matrix per shape");
         let layers = lay
             .layers
             .iter()
             .map(|l| Layer {
                 attn_norm: params[l.attn_norm.clone()].to_vec(),
-                wqkv: Matrix::new(&stack(&[&l.wq, &l.wk, &l.wv]), qd + 2 * kvd, d, quant),
-                wo: Matrix::new(&params[l.wo.clone()], d, qd, quant),
+                wqkv: next(),
+                wo: next(),
                 ffn_norm: params[l.ffn_norm.clone()].to_vec(),
-                w13: Matrix::new(&stack(&[&l.w_gate, &l.w_up]), 2 * f, d, quant),
-                w_down: Matrix::new(&params[l.w_down.clone()], d, f, quant),
+                w13: next(),
+                w_down: next(),
             })
             .collect();
         let half = cfg.head_dim / 2;
@@ -379,7 +395,7 @@ impl InferModel {
             embed: params[lay.embed.clone()].to_vec(),
             layers,
             final_norm: params[lay.final_norm.clone()].to_vec(),
-            lm_head: Matrix::new(&params[lay.lm_head.clone()], cfg.vocab_size, d, quant),
+            lm_head: next(),
             cos,
             sin,
         };
