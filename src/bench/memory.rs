@@ -3,7 +3,7 @@
 //! from DRAM). The buffer is allocated as the model's weights are: on a cache line, and from 2 MiB
 //! on its own mapping with huge pages asked for.
 
-use crate::model::infer::aligned::Aligned;
+use crate::model::aligned::Aligned;
 use crate::model::infer::pool;
 use anyhow::Context;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};

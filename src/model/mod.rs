@@ -1,5 +1,6 @@
 //! The LLaMA model: shape, parameters, kernels, the training forward/backward pass, and inference.
 
+pub mod aligned;
 pub mod config;
 pub mod infer;
 pub mod kernels;

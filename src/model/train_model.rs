@@ -2,6 +2,7 @@
 //! gradients are flat buffers laid out by [`ParamLayout`], activations are sized once for
 //! (batch, seq) and reused, and one step reads top to bottom.
 
+use crate::model::aligned::Aligned;
 use crate::model::kernels::ROWS_PER_TASK;
 use crate::model::kernels::attention::{AttnShape, attention_backward, attention_forward};
 use crate::model::kernels::crossentropy::{crossentropy_backward, crossentropy_forward};
@@ -15,32 +16,32 @@ use crate::model::{IGNORE_INDEX, ModelConfig, ParamLayout};
 /// What the backward pass needs from one transformer block's forward pass. Cheap activations
 /// (the norms' outputs, silu(gate)·up) are recomputed in the backward pass instead of kept.
 struct LayerActs {
-    x: Vec<f32>,        // [N, D] block input (residual stream)
-    rstd1: Vec<f32>,    // [N]
-    q: Vec<f32>,        // [N, H*hd] after RoPE
-    k: Vec<f32>,        // [N, KV*hd] after RoPE
-    v: Vec<f32>,        // [N, KV*hd]
-    lse: Vec<f32>,      // [B, H, T] attention log-sum-exp (probabilities are recomputed)
-    attn_out: Vec<f32>, // [N, H*hd]
-    x_mid: Vec<f32>,    // [N, D] residual after attention
-    rstd2: Vec<f32>,    // [N]
-    gate: Vec<f32>,     // [N, F]
-    up: Vec<f32>,       // [N, F]
+    x: Aligned<f32>,        // [N, D] block input (residual stream)
+    rstd1: Aligned<f32>,    // [N]
+    q: Aligned<f32>,        // [N, H*hd] after RoPE
+    k: Aligned<f32>,        // [N, KV*hd] after RoPE
+    v: Aligned<f32>,        // [N, KV*hd]
+    lse: Aligned<f32>,      // [B, H, T] attention log-sum-exp (probabilities are recomputed)
+    attn_out: Aligned<f32>, // [N, H*hd]
+    x_mid: Aligned<f32>,    // [N, D] residual after attention
+    rstd2: Aligned<f32>,    // [N]
+    gate: Aligned<f32>,     // [N, F]
+    up: Aligned<f32>,       // [N, F]
 }
 
 /// Scratch reused by every layer: the current norm output and silu(gate)·up (forward, and
 /// recomputed in backward), and the gradients of the backward pass.
 struct Scratch {
-    ln: Vec<f32>,       // [N, D] a norm's output (after the forward pass: lnf)
-    h: Vec<f32>,        // [N, F] silu(gate) * up, then d gate
-    dres: Vec<f32>,     // [N, D] gradient of the residual stream
-    dln: Vec<f32>,      // [N, D] gradient of a norm's output (first: d lnf, unscaled, from forward)
-    dq: Vec<f32>,       // [N, H*hd]
-    dk: Vec<f32>,       // [N, KV*hd]
-    dv: Vec<f32>,       // [N, KV*hd]
-    dattn: Vec<f32>,    // [N, H*hd]
-    dh: Vec<f32>,       // [N, F] d h, then d up
-    partials: Vec<f32>, // [N / ROWS_PER_TASK, D] for norm-weight reductions
+    ln: Aligned<f32>,       // [N, D] a norm's output (after the forward pass: lnf)
+    h: Aligned<f32>,        // [N, F] silu(gate) * up, then d gate
+    dres: Aligned<f32>,     // [N, D] gradient of the residual stream
+    dln: Aligned<f32>,      // [N, D] gradient of a norm's output (first: d lnf, unscaled, from forward)
+    dq: Aligned<f32>,       // [N, H*hd]
+    dk: Aligned<f32>,       // [N, KV*hd]
+    dv: Aligned<f32>,       // [N, KV*hd]
+    dattn: Aligned<f32>,    // [N, H*hd]
+    dh: Aligned<f32>,       // [N, F] d h, then d up
+    partials: Aligned<f32>, // [N / ROWS_PER_TASK, D] for norm-weight reductions
 }
 
 /// Rows of the output head computed at a time: the [N, V] logits never exist in full, which keeps
@@ -51,17 +52,17 @@ const HEAD_ROWS: usize = 256;
 pub struct TrainModel {
     pub cfg: ModelConfig,
     pub layout: ParamLayout,
-    pub params: Vec<f32>,
-    pub grads: Vec<f32>,
+    pub params: Aligned<f32>,
+    pub grads: Aligned<f32>,
     batch: usize,
     seq: usize,
     layers: Vec<LayerActs>,
-    x_final: Vec<f32>, // [N, D] output of the last block
-    rstdf: Vec<f32>,   // [N]
-    logits: Vec<f32>,  // [HEAD_ROWS, V] one chunk of logits, then its gradient
-    dhead: Vec<f32>,   // [V, D] d loss / d lm_head, unscaled (filled by forward)
-    losses: Vec<f32>,  // [N]
-    lse: Vec<f32>,     // [HEAD_ROWS] log-sum-exp of each row of the logits chunk
+    x_final: Aligned<f32>, // [N, D] output of the last block
+    rstdf: Aligned<f32>,   // [N]
+    logits: Aligned<f32>,  // [HEAD_ROWS, V] one chunk of logits, then its gradient
+    dhead: Aligned<f32>,   // [V, D] d loss / d lm_head, unscaled (filled by forward)
+    losses: Aligned<f32>,  // [N]
+    lse: Aligned<f32>,     // [HEAD_ROWS] log-sum-exp of each row of the logits chunk
     tokens: Vec<u32>,
     targets: Vec<u32>,
     counted: usize,
@@ -81,7 +82,7 @@ impl TrainModel {
         assert!(seq <= cfg.max_seq_len, "seq {seq} exceeds max_seq_len {}", cfg.max_seq_len);
         let n = batch * seq;
         let (d, f, qd, kvd) = (cfg.dim, cfg.ffn_hidden, cfg.q_dim(), cfg.kv_dim());
-        let z = |len: usize| vec![0.0f32; len];
+        let z = |len: usize| Aligned::<f32>::zeroed(len);
         let layers = (0..cfg.n_layers)
             .map(|_| LayerActs {
                 x: z(n * d),
@@ -110,9 +111,11 @@ impl TrainModel {
             dh: z(n * f),
             partials: z(n.div_ceil(ROWS_PER_TASK) * d),
         };
+        let mut p = z(params.len());
+        p.copy_from_slice(&params);
         TrainModel {
             grads: z(params.len()),
-            params,
+            params: p,
             layout,
             batch,
             seq,

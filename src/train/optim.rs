@@ -2,6 +2,7 @@
 //! for norms) and global gradient-norm clipping, over the flat buffers.
 
 use crate::model::ParamLayout;
+use crate::model::aligned::Aligned;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -17,8 +18,8 @@ pub struct AdamWConfig {
 /// AdamW state: first and second moments in the parameter layout, and the step counter.
 pub struct AdamW {
     pub cfg: AdamWConfig,
-    pub m: Vec<f32>,
-    pub v: Vec<f32>,
+    pub m: Aligned<f32>,
+    pub v: Aligned<f32>,
     /// Steps taken (for bias correction).
     pub t: u64,
     /// Per-element weight-decay switch, by tensor: true for matrices.
@@ -29,7 +30,7 @@ impl AdamW {
     pub fn new(layout: &ParamLayout, cfg: AdamWConfig) -> Self {
         let n = layout.total();
         let decay = layout.tensors.iter().map(|t| (t.range(), t.is_matrix())).collect();
-        AdamW { cfg, m: vec![0.0; n], v: vec![0.0; n], t: 0, decay }
+        AdamW { cfg, m: Aligned::zeroed(n), v: Aligned::zeroed(n), t: 0, decay }
     }
 
     /// One update of `params` from `grads` at learning rate `lr`.

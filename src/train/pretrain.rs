@@ -93,7 +93,9 @@ pub fn pretrain(recipe: &Recipe, resume: bool) -> Result<RunSummary, TrainError>
                 )));
             }
             loader.restore(&ck.state.loader)?;
-            (opt.m, opt.v, opt.t) = (ck.adam_m, ck.adam_v, ck.state.adam_t);
+            opt.m.copy_from_slice(&ck.adam_m);
+            opt.v.copy_from_slice(&ck.adam_v);
+            opt.t = ck.state.adam_t;
             state = ck.state;
             ck.params
         }

@@ -6,7 +6,7 @@
 //! whatever the number of rows in the batch, so a sequence decoded alone or inside a batch gets
 //! bit-identical logits.
 
-use super::aligned::{Aligned, Part, cast_mut};
+use crate::model::aligned::{Aligned, Part, cast_mut};
 use crate::model::kernels::rmsnorm::{row_rstd, scale_row};
 use crate::model::kernels::{SharedMut, exp};
 use half::f16;

@@ -8,15 +8,14 @@
 //! Products are threaded over weight rows; the row-wise parts around them (norms, SwiGLU, the
 //! quantization of a product's input) over rows.
 
-pub mod aligned;
 pub mod kernels;
 pub mod pool;
 
+use crate::model::aligned::Aligned;
 use crate::model::config::ModelConfig;
 use crate::model::kernels::{SharedMut, silu};
 use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
-use aligned::Aligned;
 use half::f16;
 pub use kernels::Quant;
 use kernels::{KEY_BLOCK, Matrix, QuantRows, QuantRowsMut, attend, matmul, matmul_quantized, rmsnorm, rope};

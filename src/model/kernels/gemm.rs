@@ -7,6 +7,7 @@
 //! packing buffers, so results do not depend on scheduling.
 
 use super::SharedMut;
+use crate::model::aligned::Aligned;
 use std::cell::RefCell;
 
 /// A read-only strided matrix: element (i, j) at `data[i * rs + j * cs]`.
@@ -112,8 +113,9 @@ const MC: usize = 120;
 const NC: usize = 2048;
 
 thread_local! {
-    /// Packed panels of a and b, grown once per thread and reused.
-    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Packed panels of a and b, allocated once per thread and reused (b's 2 MiB on a huge page
+    /// where the OS grants one: see `Aligned`).
+    static PACK: RefCell<Option<(Aligned<f32>, Aligned<f32>)>> = const { RefCell::new(None) };
 }
 
 /// Packs a[ic.., pc..] (mc x kc) into MR-row panels, k-major: panel[p * MR + r]; pads with zeros.
@@ -183,9 +185,10 @@ mod avx512 {
     /// AVX-512F must be available; `c` valid for `[m, n]` with row stride `ldc`.
     pub unsafe fn gemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: *mut f32, ldc: usize, accumulate: bool) {
         PACK.with(|bufs| {
-            let (ap, bp) = &mut *bufs.borrow_mut();
-            ap.resize(MC.next_multiple_of(MR) * KC, 0.0);
-            bp.resize(NC.next_multiple_of(NR) * KC, 0.0);
+            let mut bufs = bufs.borrow_mut();
+            let (ap, bp) = bufs.get_or_insert_with(|| {
+                (Aligned::zeroed(MC.next_multiple_of(MR) * KC), Aligned::zeroed(NC.next_multiple_of(NR) * KC))
+            });
             for jc in (0..n).step_by(NC) {
                 let nc = NC.min(n - jc);
                 for pc in (0..k).step_by(KC) {

@@ -3,9 +3,9 @@
 //! a KV cache block straddles two lines.
 //!
 //! Buffers of 2 MiB and more are mapped on their own, starting on a 2 MiB boundary, and on Linux
-//! marked for transparent huge pages (`madvise`, which is what this kernel setting usually asks
-//! for): a decode step streams tens of MB of weights, and with 4 KiB pages each page costs a TLB
-//! miss (a nested page walk in a VM) and stops the hardware prefetcher at its end.
+//! marked for transparent huge pages (`madvise`: the usual kernel setting gives them only to
+//! memory marked so). Training steps and decode steps stream tens of MB, and on 4 KiB pages each
+//! page costs a TLB miss (a nested page walk in a VM) and stops the hardware prefetcher at its end.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
