@@ -115,7 +115,8 @@ impl<T: Zeroable> Deref for Part<T> {
 
 #[cfg(target_os = "linux")]
 mod huge {
-    /// The huge page size on x86-64 and most arm64 kernels.
+    /// The huge page size on x86-64 and on arm64 with 4 KiB pages (elsewhere the mapping still
+    /// works, on whatever pages the kernel gives).
     pub const PAGE: usize = 2 << 20;
 
     /// An anonymous private mapping (zero-filled by the kernel) starting on a PAGE boundary.
@@ -132,7 +133,9 @@ mod huge {
     impl Mapping {
         /// None if the OS refuses the mapping (the caller then uses the heap).
         pub fn new(bytes: usize) -> Option<Self> {
-            let size = bytes.div_ceil(4096) * 4096;
+            // SAFETY: sysconf only reads a system setting.
+            let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+            let size = bytes.next_multiple_of(page);
             // SAFETY: a fresh anonymous mapping; the parts unmapped below lie within it and
             // outside [start, start + size).
             unsafe {
