@@ -582,27 +582,31 @@ impl InferModel {
             self.swiglu_rows(s, nr);
             self.product(&mut s.xn[..nr * d], &s.h, &s.xq, &layer.w_down, nr);
         }
-        // Final norm of the rows that need logits, packed to the front of xn.
-        s.last.clear();
-        match which {
-            Logits::All => s.last.extend(0..nr),
+        // The last layer's residual, then the final norm (and for q8 the quantized rows) of the
+        // rows that need logits.
+        let nl = match which {
+            Logits::All => {
+                self.norm_rows(s, nr, &self.final_norm, true);
+                nr
+            }
             Logits::Last => {
+                s.last.clear();
                 for i in 0..nr {
                     if !rows[i + 1..].iter().any(|r| r.0 == rows[i].0) {
                         s.last.push(i);
                     }
                 }
+                // Packed to the front of xn: row j is written after row i = last[j] >= j has been
+                // read, and before any later (larger) i.
+                for (j, &i) in s.last.iter().enumerate() {
+                    let x = &mut s.x[i * d..(i + 1) * d];
+                    x.iter_mut().zip(&s.xn[i * d..(i + 1) * d]).for_each(|(x, y)| *x += y);
+                    rmsnorm(&mut s.xn[j * d..(j + 1) * d], x, &self.final_norm, d, c.norm_eps);
+                }
+                self.quantize_rows(&mut s.xq, &s.xn, s.last.len(), d);
+                s.last.len()
             }
-        }
-        // The last layer's residual, then the final norm; row j is written after row i = last[j]
-        // >= j has been read, and before any later (larger) i.
-        for (j, &i) in s.last.iter().enumerate() {
-            let x = &mut s.x[i * d..(i + 1) * d];
-            x.iter_mut().zip(&s.xn[i * d..(i + 1) * d]).for_each(|(x, y)| *x += y);
-            rmsnorm(&mut s.xn[j * d..(j + 1) * d], x, &self.final_norm, d, c.norm_eps);
-        }
-        let nl = s.last.len();
-        self.quantize_rows(&mut s.xq, &s.xn, nl, d);
+        };
         self.product(&mut logits[..nl * c.vocab_size], &s.xn, &s.xq, &self.lm_head, nl);
         Ok(nl)
     }
