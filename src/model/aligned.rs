@@ -20,7 +20,7 @@ struct Line([u8; LINE]);
 ///
 /// # Safety
 /// Implement only for plain types (no padding, no pointers) whose all-zero bit pattern is valid.
-pub unsafe trait Zeroable: Copy + Send + Sync + 'static {}
+pub unsafe trait Zeroable: Copy {}
 // SAFETY: plain numbers; all-zero bits are 0.
 unsafe impl Zeroable for f32 {}
 unsafe impl Zeroable for u8 {}
@@ -192,11 +192,34 @@ mod tests {
         for len in [(2 << 20) / 4, (5 << 20) / 4 + 3] {
             let mut a = Aligned::<f32>::zeroed(len);
             #[cfg(target_os = "linux")]
-            assert_eq!(a.as_ptr() as usize % (2 << 20), 0, "{len} values");
+            {
+                assert_eq!(a.as_ptr() as usize % (2 << 20), 0, "{len} values");
+                // a kernel built without transparent huge pages refuses the advice
+                let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists();
+                assert!(!thp || marked_for_huge_pages(a.as_ptr() as usize), "{len} values: no MADV_HUGEPAGE");
+            }
             assert!(a.iter().all(|&x| x == 0.0));
             a.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32);
             assert!(a.iter().enumerate().all(|(i, &x)| x == i as f32));
         }
+    }
+
+    /// Whether the mapping that holds `addr` carries the huge-page advice ("hg" in its VmFlags).
+    #[cfg(target_os = "linux")]
+    fn marked_for_huge_pages(addr: usize) -> bool {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("/proc/self/smaps");
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().and_then(|r| r.split_once('-'));
+            let bounds =
+                range.and_then(|(a, b)| Some((usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?)));
+            if let Some((start, end)) = bounds {
+                inside = (start..end).contains(&addr);
+            } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+                return flags.split_whitespace().any(|f| f == "hg");
+            }
+        }
+        false
     }
 
     #[test]

@@ -127,8 +127,14 @@ impl Matrix {
         weights: impl Fn(usize) -> Cow<'a, [f32]>,
     ) -> Vec<Self> {
         let layouts: Vec<_> = shapes.iter().map(|&(rows, cols)| Layout { rows, cols, quant }).collect();
-        let starts: Vec<usize> = layouts.iter().scan(0, |at, l| Some(std::mem::replace(at, *at + l.bytes()))).collect();
-        let total = layouts.iter().map(Layout::bytes).sum();
+        let mut total = 0;
+        let starts: Vec<usize> = layouts
+            .iter()
+            .map(|l| {
+                total += l.bytes();
+                total - l.bytes()
+            })
+            .collect();
         let mut buf = Aligned::<u8>::zeroed(total);
         for (i, (l, &start)) in layouts.iter().zip(&starts).enumerate() {
             let w = weights(i);
