@@ -98,7 +98,7 @@ impl Pool {
         }
         assert!(n < 1 << 16, "too many tasks");
         let mut epoch = self.caller.lock().unwrap_or_else(|e| e.into_inner());
-        *epoch = (*epoch + 1) & 0xFFFF_FFFF;
+        *epoch = *epoch % 0xFFFF_FFFF + 1; // 1 ..= 2^32 − 1: a new worker has seen epoch 0
         let s = self.shared;
         let job: Job = &f;
         s.job.store(&job as *const Job as *mut (), Release);
@@ -109,7 +109,7 @@ impl Pool {
             s.wake.notify_all();
         }
         let in_task = InTask::enter();
-        while let Some(t) = claim(s) {
+        while let Ok(t) = claim(s) {
             f(t);
             s.done.fetch_add(1, Release);
         }
@@ -126,16 +126,50 @@ impl Pool {
     }
 }
 
-/// Claims the next task of the current job, if any is left.
-fn claim(s: &Shared) -> Option<usize> {
+/// Where the tasks of one job meet between the phases of a team step: each waits until all `n`
+/// have arrived. Only for a job of as many tasks as the pool has threads, started from outside
+/// any task: each thread then runs one task and blocks in it, so every task gets a thread of its
+/// own (fewer threads, and the first task would wait for ever on one never started).
+pub struct Barrier {
+    n: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl Barrier {
+    pub fn new(n: usize) -> Self {
+        Barrier { n, arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0) }
+    }
+
+    pub fn wait(&self) {
+        let g = self.generation.load(Acquire);
+        if self.arrived.fetch_add(1, AcqRel) + 1 == self.n {
+            self.arrived.store(0, Relaxed);
+            self.generation.store(g.wrapping_add(1), Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Acquire) == g {
+            std::hint::spin_loop();
+            spins += 1;
+            if spins.is_multiple_of(4096) {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Claims the next task of the current job: `Ok(task)`, or `Err(epoch)` when the job of that
+/// epoch has none left.
+fn claim(s: &Shared) -> Result<usize, u64> {
     let mut c = s.claim.load(Acquire);
     loop {
         let (n, t) = ((c >> 16) & 0xFFFF, c & 0xFFFF);
         if t >= n {
-            return None;
+            return Err(c >> 32);
         }
         match s.claim.compare_exchange_weak(c, c + 1, AcqRel, Acquire) {
-            Ok(_) => return Some(t as usize),
+            Ok(_) => return Ok(t as usize),
             Err(now) => c = now,
         }
     }
@@ -143,31 +177,41 @@ fn claim(s: &Shared) -> Option<usize> {
 
 fn worker(s: &'static Shared) {
     IN_TASK.set(true);
-    let mut seen = s.claim.load(Acquire);
+    // The epoch whose job this worker has finished with: jobs start at epoch 1, so a job posted
+    // before the worker first looks is not missed; nor is one posted between its last failed
+    // claim and its next wait (a team step waits for every task to start).
+    let mut seen = 0;
     loop {
         // Wait for a new job: spin, then sleep.
         let start = Instant::now();
         let mut spins = 0u32;
-        while s.claim.load(Acquire) == seen {
+        while s.claim.load(Acquire) >> 32 == seen {
             std::hint::spin_loop();
             spins += 1;
             if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
                 let g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, SeqCst);
-                let g =
-                    if s.claim.load(SeqCst) == seen { s.wake.wait(g).unwrap_or_else(|e| e.into_inner()) } else { g };
+                let g = if s.claim.load(SeqCst) >> 32 == seen {
+                    s.wake.wait(g).unwrap_or_else(|e| e.into_inner())
+                } else {
+                    g
+                };
                 s.sleepers.fetch_sub(1, SeqCst);
                 drop(g);
             }
         }
-        while let Some(t) = claim(s) {
-            // SAFETY: a successful claim means the job of this epoch is not finished (its caller
-            // waits until every claimed task is done), so the caller's `Job` is still alive.
-            let job: Job = unsafe { *(s.job.load(Acquire) as *const Job) };
-            job(t);
-            s.done.fetch_add(1, Release);
-        }
-        seen = s.claim.load(Acquire);
+        seen = loop {
+            match claim(s) {
+                Ok(t) => {
+                    // SAFETY: a successful claim means the job of this epoch is not finished (its
+                    // caller waits until every claimed task is done), so its `Job` is still alive.
+                    let job: Job = unsafe { *(s.job.load(Acquire) as *const Job) };
+                    job(t);
+                    s.done.fetch_add(1, Release);
+                }
+                Err(epoch) => break epoch,
+            }
+        };
     }
 }
 
@@ -187,6 +231,22 @@ mod tests {
             }
             assert!(hits.iter().all(|h| h.load(Relaxed) == 50));
         }
+    }
+
+    #[test]
+    fn a_barrier_holds_every_task_until_all_arrive() {
+        let p = Pool::new(3);
+        let b = Barrier::new(3);
+        let phase: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        p.run(3, |t| {
+            for k in 1..=200 {
+                phase[t].store(k, Relaxed);
+                b.wait();
+                // every task has finished phase k and none has started phase k + 1
+                assert!(phase.iter().all(|f| f.load(Relaxed) == k), "phase {k}");
+                b.wait();
+            }
+        });
     }
 
     #[test]
