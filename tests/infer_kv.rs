@@ -2,7 +2,7 @@
 //! model maths (rotate-half RoPE, GQA, SwiGLU, RMSNorm), on tiny random models.
 
 use shoucuo::model::config::ModelConfig;
-use shoucuo::model::infer::{InferError, InferModel, KvCache, KvType, Logits, Quant, SPLIT_ROWS, Scratch};
+use shoucuo::model::infer::{InferError, InferModel, KvCache, KvType, Logits, Quant, Scratch, TEAM_ROWS};
 use shoucuo::model::params::{ParamLayout, init_params};
 
 fn cfg(tied: bool) -> ModelConfig {
@@ -265,7 +265,7 @@ fn mismatched_params_or_missing_dir_are_errors() {
     assert!(err.contains("shape") && err.contains("mlp"), "{err}");
 }
 
-/// Decode steps of many sequences (split over the pool's threads by rows where it has several)
+/// Decode steps of many sequences (run by the pool's threads as a team where it has several)
 /// give bit-identical logits to decoding each sequence alone, for f32 and q8 weights; a bad row
 /// fails the whole step before any cache changes.
 #[test]
@@ -273,11 +273,11 @@ fn many_sequence_decode_equals_one_at_a_time_and_errors_change_nothing() {
     let c = cfg(true);
     for q in [Quant::F32, Quant::Q8] {
         let m = InferModel::new(&c, &params(&c, 4), q).unwrap();
-        // SPLIT_ROWS rows per pool thread and one more, so the step is split wherever there are
-        // several threads (and not with one); then 8 per thread and one more, so that each
-        // thread's products take a tile of 8 rows where the CPU has AMX
+        // TEAM_ROWS rows per pool thread and one more, so the threads run the step as a team
+        // wherever there are several (each its share of rows, uneven); then 8 per thread and one
+        // more, so that products take a tile of 16 rows where the CPU has AMX, and one row on VNNI
         let threads = shoucuo::model::infer::pool::pool().threads();
-        for n in [(SPLIT_ROWS * threads + 1).max(7), 8 * threads + 1] {
+        for n in [(TEAM_ROWS * threads + 1).max(7), 8 * threads + 1] {
             many_sequences(&m, n, q);
         }
     }

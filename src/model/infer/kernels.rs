@@ -303,11 +303,66 @@ impl QuantRows {
         }
     }
 
+    /// For a team step (several threads quantizing and then reading the same rows): `nb` rows
+    /// of up to `k` values.
+    pub(crate) fn shared(&mut self, nb: usize, k: usize) -> SharedQuant<'_> {
+        let QuantRowsMut { q, scale, sum, .. } = self.rows(nb, k);
+        SharedQuant { q, scale, sum, rows: nb, max_k: k }
+    }
+
+    /// The rows as the q8 kernels read them (laid out by the last [`rows`](Self::rows)).
+    pub(crate) fn view(&self) -> QuantView<'_> {
+        QuantView { q: &self.q, scale: &self.scale, sum: &self.sum }
+    }
+
     /// Row `b` dequantized: [k].
     #[cfg(test)]
     fn row(&self, b: usize, k: usize) -> Vec<f32> {
         let nbk = k.div_ceil(Q8_BLOCK);
         (0..k).map(|j| self.q[b * nbk * Q8_BLOCK + j] as f32 * self.scale[b * nbk + j / Q8_BLOCK]).collect()
+    }
+}
+
+/// Quantized rows as the q8 kernels read them: [`QuantRows`]' buffers, laid out for some width.
+#[derive(Clone, Copy)]
+pub(crate) struct QuantView<'a> {
+    q: &'a [i8],
+    scale: &'a [f32],
+    sum: &'a [i32],
+}
+
+/// A [`QuantRows`] shared by the threads of a team step (see [`QuantRows::shared`]): each
+/// quantizes its own rows, at any width up to `max_k`; between barriers, all read them.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedQuant<'a> {
+    q: SharedMut<'a, i8>,
+    scale: SharedMut<'a, f32>,
+    sum: SharedMut<'a, i32>,
+    rows: usize,
+    max_k: usize,
+}
+
+impl<'a> SharedQuant<'a> {
+    /// A handle to quantize rows of `k` values.
+    pub(crate) fn rows(self, k: usize) -> QuantRowsMut<'a> {
+        assert!(k <= self.max_k, "rows of {k} values in buffers for {}", self.max_k);
+        QuantRowsMut { q: self.q, scale: self.scale, sum: self.sum, k }
+    }
+
+    /// All rows, quantized for `k` values.
+    /// # Safety
+    /// No thread writes them meanwhile.
+    pub(crate) unsafe fn view(self, k: usize) -> QuantView<'a> {
+        let nbk = k.div_ceil(Q8_BLOCK);
+        assert!(k <= self.max_k, "rows of {k} values in buffers for {}", self.max_k);
+        // SAFETY: as documented; the buffers hold `rows` rows of max_k >= k values.
+        unsafe {
+            QuantView {
+                q: self.q.read(0, self.rows * nbk * Q8_BLOCK),
+                scale: self.scale.read(0, self.rows * nbk),
+                sum: self.sum.read(0, self.rows * nbk),
+            }
+        }
     }
 }
 
@@ -360,10 +415,42 @@ pub fn matmul(out: &mut [f32], x: &[f32], w: &Matrix, nb: usize) {
 pub(crate) fn matmul_quantized(out: &mut [f32], xq: &QuantRows, w: &Matrix, nb: usize) {
     assert!(matches!(w.data, Data::Q8 { .. }), "matmul_quantized takes q8 weights");
     assert!(xq.k == w.cols && xq.scale.len() >= nb * w.cols.div_ceil(Q8_BLOCK) && out.len() >= nb * w.rows);
+    let xq = xq.view();
     for_panels(out, w, nb, |o, p0, p1| {
         // SAFETY: as documented on `for_panels`.
-        unsafe { q8_panels(o, xq, w, nb, p0, p1) }
+        unsafe { q8_panels(o, &xq, w, nb, p0, p1) }
     });
+}
+
+/// Thread t's share (of nt) of a product in a team step: the columns of its range of W's panels,
+/// for the nb rows of `out` ([nb, w.rows]), from the input rows `x` ([nb, w.cols]) for f32
+/// weights, or for q8 weights from `xq` (nb rows quantized for w.cols values).
+/// # Safety
+/// `out` holds nb * w.rows floats; each of the nt threads passes its own t.
+pub(crate) unsafe fn product_share(
+    out: SharedMut<f32>,
+    x: &[f32],
+    xq: Option<QuantView>,
+    w: &Matrix,
+    nb: usize,
+    (t, nt): (usize, usize),
+) {
+    let panels = w.rows.div_ceil(LANES);
+    let (p0, p1) = (t * panels / nt, (t + 1) * panels / nt);
+    // SAFETY: as documented: the threads' panel ranges are disjoint.
+    unsafe {
+        match (&w.data, xq) {
+            (Data::F32(_), _) => {
+                assert!(x.len() >= nb * w.cols);
+                f32_panels(out, x, w, nb, p0, p1)
+            }
+            (Data::Q8 { .. }, Some(xq)) => {
+                assert!(xq.scale.len() >= nb * w.cols.div_ceil(Q8_BLOCK));
+                q8_panels(out, &xq, w, nb, p0, p1)
+            }
+            (Data::Q8 { .. }, None) => panic!("q8 weights multiply quantized rows"),
+        }
+    }
 }
 
 /// Runs `f(out, p0, p1)` over ranges of W's panels, threaded; each call alone writes columns
@@ -416,7 +503,7 @@ unsafe fn f32_panels(out: SharedMut<f32>, x: &[f32], w: &Matrix, nb: usize, p0: 
 /// has it; the portable loop below computes bit-identical results).
 /// SAFETY: `out` points to at least nb * w.rows floats; no other thread writes these columns;
 /// `xq` holds nb rows quantized for w.cols columns.
-unsafe fn q8_panels(out: SharedMut<f32>, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
+unsafe fn q8_panels(out: SharedMut<f32>, xq: &QuantView, w: &Matrix, nb: usize, p0: usize, p1: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vnni") {
         // SAFETY: the CPU has AVX-512F and VNNI; bounds as documented on the caller.
@@ -428,7 +515,7 @@ unsafe fn q8_panels(out: SharedMut<f32>, xq: &QuantRows, w: &Matrix, nb: usize, 
 }
 
 /// SAFETY: as [`q8_panels`].
-unsafe fn q8_panels_portable(out: SharedMut<f32>, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
+unsafe fn q8_panels_portable(out: SharedMut<f32>, xq: &QuantView, w: &Matrix, nb: usize, p0: usize, p1: usize) {
     let Data::Q8 { q, scales } = &w.data else { unreachable!("q8 weights") };
     let nbk = w.cols.div_ceil(Q8_BLOCK);
     let kp = nbk * Q8_BLOCK;
@@ -462,7 +549,7 @@ mod amx;
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Data, KEY_BLOCK, KvElem, LANES, Matrix, Q8_BLOCK, QuantRows, amx};
+    use super::{Data, KEY_BLOCK, KvElem, LANES, Matrix, Q8_BLOCK, QuantView, amx};
     use std::arch::x86_64::*;
     use std::ops::Range;
 
@@ -660,7 +747,7 @@ mod avx512 {
     /// (`ahead`: the panels a tile's pass brings), so that memory does not idle while they compute
     /// (measured: small-zh q8_0 ×1.05–1.08 at 16 sequences, ×1.11 at 8).
     #[target_feature(enable = "avx512f,avx512vnni")]
-    pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantRows, w: &Matrix, nb: usize, p0: usize, p1: usize) {
+    pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantView, w: &Matrix, nb: usize, p0: usize, p1: usize) {
         // With AMX, whole groups of 8 rows go to its tiles, the rest (fewer than 8) to these.
         let nr = if amx::available() { nb / amx::MIN_ROWS * amx::MIN_ROWS } else { 0 };
         if nr > 0 {
@@ -697,7 +784,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f,avx512vnni")]
     unsafe fn q8_tile<const P: usize, const R: usize>(
         out: *mut f32,
-        xq: &QuantRows,
+        xq: &QuantView,
         w: &Matrix,
         b: usize,
         pn: usize,
@@ -1269,7 +1356,7 @@ mod tests {
     }
 
     /// A q8 kernel over all panels: (out, xq, w, nb, panels).
-    type Kernel = unsafe fn(SharedMut<f32>, &QuantRows, &Matrix, usize, usize);
+    type Kernel = unsafe fn(SharedMut<f32>, &QuantView, &Matrix, usize, usize);
 
     /// q8 products of `nb` rows by a [70, k] matrix (a partial last panel): the kernel this CPU
     /// dispatches to (`q8_panels`, or `kernel`) and the portable loop, as bits.
@@ -1282,6 +1369,7 @@ mod tests {
         let (mut simd, mut portable) = (vec![0.0; nb * n], vec![0.0; nb * n]);
         let panels = n.div_ceil(LANES);
         // SAFETY: both outputs hold nb * n floats; this thread owns all panels.
+        let xq = xq.view();
         unsafe {
             match kernel {
                 Some(f) => f(SharedMut::new(&mut simd), &xq, &m, nb, panels),
@@ -1463,7 +1551,7 @@ mod tests {
                 unsafe {
                     match q {
                         Quant::F32 => f32_panels(out, &x, &m, nb, 0, panels),
-                        Quant::Q8 => q8_panels(out, &xq, &m, nb, 0, panels),
+                        Quant::Q8 => q8_panels(out, &xq.view(), &m, nb, 0, panels),
                     }
                 }
                 for b in 0..nb {

@@ -18,10 +18,11 @@ use crate::model::params::ParamLayout;
 use crate::model::weights::{ModelDirError, load_model_dir};
 use half::f16;
 pub use kernels::Quant;
-use kernels::{KEY_BLOCK, Matrix, QuantRows, QuantRowsMut, attend, matmul, matmul_quantized, rmsnorm, rope};
+use kernels::{
+    KEY_BLOCK, Matrix, QuantRows, QuantRowsMut, attend, matmul, matmul_quantized, product_share, rmsnorm, rope,
+};
 use std::borrow::Cow;
 use std::path::Path;
-use std::sync::Mutex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
@@ -58,8 +59,6 @@ pub struct InferModel {
     pub quant: Quant,
     /// How caches made by `generate` store keys and values (f16 unless set otherwise).
     pub kv: KvType,
-    /// Whether decode steps may be split over the threads by rows ([`InferModel::decode`]).
-    split: bool,
     embed: Vec<f32>,
     layers: Vec<Layer>,
     final_norm: Vec<f32>,
@@ -213,34 +212,13 @@ impl KvCache {
     }
 }
 
-/// Bytes of the last-level CPU cache (Linux sysfs), or 32 MiB where that is unknown.
-fn last_level_cache() -> usize {
-    (0..8)
-        .map_while(|i| {
-            let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
-            let level = std::fs::read_to_string(format!("{dir}/level")).ok()?.trim().parse::<u32>().ok()?;
-            Some((level, std::fs::read_to_string(format!("{dir}/size")).ok().and_then(|s| cache_size(&s))))
-        })
-        .max_by_key(|&(level, _)| level)
-        .and_then(|(_, size)| size)
-        .unwrap_or(32 << 20)
-}
+/// Rows per thread from which a decode step runs as a team ([`InferModel::decode`]).
+pub const TEAM_ROWS: usize = 2;
 
-/// A sysfs cache size ("32768K", "1M", "512") in bytes.
-fn cache_size(s: &str) -> Option<usize> {
-    let s = s.trim();
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let shift = match unit {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        _ => return None,
-    };
-    n.parse::<usize>().ok().map(|n| n << shift)
+/// Whether no two rows append to the same cache.
+fn distinct_caches(rows: &[(usize, u32)]) -> bool {
+    rows.iter().enumerate().all(|(i, r)| rows[i + 1..].iter().all(|o| o.0 != r.0))
 }
-
-/// Rows per thread from which a decode step is split over the threads ([`InferModel::decode`]).
-pub const SPLIT_ROWS: usize = 2;
 
 /// Rows per thread from which the row-wise parts of a step (norms, SwiGLU, quantization) are
 /// threaded: a pool round trip (0.6–0.9 µs here) costs about what a few rows' work does.
@@ -268,33 +246,10 @@ pub struct Scratch {
     pos: Vec<usize>,
     last: Vec<usize>,
     logits: Vec<f32>,
-    /// One scratch and row list per pool thread for split decode steps (see [`InferModel::decode`]);
-    /// empty on a part itself, or with one thread.
-    parts: Vec<Mutex<Part>>,
-}
-
-/// One thread's share of a split decode step: its scratch and its rows (cache indices counted
-/// from its first cache).
-struct Part {
-    scratch: Scratch,
-    rows: Vec<(usize, u32)>,
 }
 
 impl Scratch {
     pub fn new(m: &InferModel, max_rows: usize) -> Self {
-        let nt = pool::pool().threads();
-        let mut s = Self::part(m, max_rows, true);
-        if nt > 1 && m.split {
-            let rows = max_rows.div_ceil(nt);
-            s.parts = (0..nt)
-                .map(|_| Mutex::new(Part { scratch: Self::part(m, rows, false), rows: Vec::with_capacity(rows) }))
-                .collect();
-        }
-        s
-    }
-
-    /// Without `logits`, only for parts (which write into the whole step's logits).
-    fn part(m: &InferModel, max_rows: usize, logits: bool) -> Self {
         let c = &m.cfg;
         let r = max_rows.max(1);
         Scratch {
@@ -312,8 +267,7 @@ impl Scratch {
             },
             pos: vec![0; r],
             last: Vec::with_capacity(r),
-            logits: if logits { vec![0.0; r * c.vocab_size] } else { vec![] },
-            parts: vec![],
+            logits: vec![0.0; r * c.vocab_size],
         }
     }
     pub fn max_rows(&self) -> usize {
@@ -386,11 +340,10 @@ impl InferModel {
                 sin[p * half + i] = a.sin() as f32;
             }
         }
-        let mut m = InferModel {
+        let m = InferModel {
             cfg: cfg.clone(),
             quant,
             kv: KvType::F16,
-            split: false,
             embed: params[lay.embed.clone()].to_vec(),
             layers,
             final_norm: params[lay.final_norm.clone()].to_vec(),
@@ -398,7 +351,6 @@ impl InferModel {
             cos,
             sin,
         };
-        m.split = m.weight_bytes() <= last_level_cache() / 2;
         Ok(m)
     }
 
@@ -438,51 +390,20 @@ impl InferModel {
     /// One decode step: row i appends `rows[i].1` to cache `rows[i].0` (distinct caches).
     /// Returns logits [rows, vocab].
     ///
-    /// With several threads, at least [`SPLIT_ROWS`] rows per thread in cache order (as
-    /// `generate` makes them) and weights that take at most half the last-level cache, the rows
-    /// are split into one contiguous part per thread and each thread runs whole steps for its
-    /// part alone. Threading every product over weight rows instead makes the cores exchange
-    /// every activation twice per product (each writes part of the output, then each reads all
-    /// of it), which for a small model costs more than the second core gives (tiny q8_0, 16 rows:
-    /// one thread 530 µs per step, two 550). But each part reads all the weights: where they do
-    /// not stay in the cache for both, splitting loses (tiny f32, 26 MB: ×0.9 at 16 rows, ×0.65
-    /// at 4; tiny q8_0, 7 MB: ×1.1–1.8 at 16, ×1.4 at 4; 32 MB last-level cache).
+    /// With several threads and at least [`TEAM_ROWS`] rows per thread, the threads run the step
+    /// together ([`step_team`](Self::step_team)).
     pub fn decode<'s>(
         &self,
         s: &'s mut Scratch,
         caches: &mut [KvCache],
         rows: &[(usize, u32)],
     ) -> Result<&'s [f32], InferError> {
-        let nt = s.parts.len();
-        if nt < 2 || rows.len() < nt * SPLIT_ROWS || !rows.windows(2).all(|w| w[0].0 < w[1].0) {
+        let pool = pool::pool();
+        let nt = pool.threads();
+        if pool.serial() || nt < 2 || rows.len() < nt * TEAM_ROWS || !distinct_caches(rows) {
             return self.step(s, caches, rows, Logits::Last);
         }
-        if rows.len() > s.max_rows {
-            return Err(InferError::TooManyRows { rows: rows.len(), max: s.max_rows });
-        }
-        self.check(caches, rows)?;
-        let (nr, v) = (rows.len(), self.cfg.vocab_size);
-        let logits = SharedMut::new(&mut s.logits);
-        let all = SharedMut::new(caches);
-        let parts = &s.parts;
-        pool::pool().run(nt, |t| {
-            let part = &rows[t * nr / nt..(t + 1) * nr / nt];
-            let lo = part[0].0;
-            let mut guard = parts[t].lock().unwrap_or_else(|e| e.into_inner());
-            let Part { scratch, rows: local } = &mut *guard;
-            local.clear();
-            local.extend(part.iter().map(|&(c, tok)| (c - lo, tok)));
-            // SAFETY: the rows are in increasing cache order, so the parts' cache ranges
-            // lo..=last are disjoint and within `caches` (checked above); likewise their rows of
-            // logits ([nr, vocab] fit in s.logits: nr <= max_rows).
-            let (cs, out) = unsafe {
-                (all.slice(lo, part[part.len() - 1].0 + 1 - lo), logits.slice(t * nr / nt * v, part.len() * v))
-            };
-            // Cannot fail: the rows were checked above, and a part's scratch holds its share
-            // (ceil(nr / nt) <= ceil(max_rows / nt) rows).
-            self.step_into(scratch, cs, local, Logits::Last, out).expect("a checked split step");
-        });
-        Ok(&s.logits[..nr * v])
+        self.step_team(s, caches, rows)
     }
 
     /// Every row's token is in the vocabulary and its cache exists (the step's first checks).
@@ -496,16 +417,6 @@ impl InferModel {
             }
         }
         Ok(())
-    }
-
-    /// The errors a step of distinct-cache rows would give (in the order `step` finds them),
-    /// before anything changes.
-    fn check(&self, caches: &[KvCache], rows: &[(usize, u32)]) -> Result<(), InferError> {
-        self.check_rows(caches, rows)?;
-        match rows.iter().map(|r| &caches[r.0]).find(|c| c.len >= c.cap) {
-            Some(c) => Err(InferError::ContextFull { need: c.len + 1, cap: c.cap }),
-            None => Ok(()),
-        }
     }
 
     /// Runs `rows` through the model and returns the logits of the rows picked by `which`:
@@ -539,11 +450,58 @@ impl InferModel {
         if nr == 0 {
             return Ok(0);
         }
-        if nr > s.max_rows {
-            return Err(InferError::TooManyRows { rows: nr, max: s.max_rows });
-        }
-        let (d, hd, qd, kvd, f) = (c.dim, c.head_dim, c.q_dim(), c.kv_dim(), c.ffn_hidden);
+        self.begin(s, caches, rows)?;
+        let (d, qd, kvd, f) = (c.dim, c.q_dim(), c.kv_dim(), c.ffn_hidden);
         let qkvd = qd + 2 * kvd;
+        for (l, layer) in self.layers.iter().enumerate() {
+            // x += the previous layer's output (in xn), then the attention norm
+            self.norm_rows(s, nr, &layer.attn_norm, l > 0);
+            self.product(&mut s.qkv[..nr * qkvd], &s.xn, &s.xq, &layer.wqkv, nr);
+            for (i, &(ci, _)) in rows.iter().enumerate() {
+                self.rope_and_store(&mut s.qkv[i * qkvd..(i + 1) * qkvd], &mut caches[ci], l, s.pos[i]);
+            }
+            self.attention(s, caches, rows, l);
+            self.quantize_rows(&mut s.xq, &s.att, nr, qd);
+            self.product(&mut s.xn[..nr * d], &s.att, &s.xq, &layer.wo, nr);
+            self.norm_rows(s, nr, &layer.ffn_norm, true);
+            self.product(&mut s.h13[..nr * 2 * f], &s.xn, &s.xq, &layer.w13, nr);
+            self.swiglu_rows(s, nr);
+            self.product(&mut s.xn[..nr * d], &s.h, &s.xq, &layer.w_down, nr);
+        }
+        // The last layer's residual, then the final norm (and for q8 the quantized rows) of the
+        // rows that need logits.
+        // With distinct caches every row is its sequence's last.
+        let nl = if matches!(which, Logits::All) || distinct_caches(rows) {
+            self.norm_rows(s, nr, &self.final_norm, true);
+            nr
+        } else {
+            s.last.clear();
+            for i in 0..nr {
+                if !rows[i + 1..].iter().any(|r| r.0 == rows[i].0) {
+                    s.last.push(i);
+                }
+            }
+            // Packed to the front of xn: row j is written after row i = last[j] >= j has been
+            // read, and before any later (larger) i.
+            for (j, &i) in s.last.iter().enumerate() {
+                let x = &mut s.x[i * d..(i + 1) * d];
+                x.iter_mut().zip(&s.xn[i * d..(i + 1) * d]).for_each(|(x, y)| *x += y);
+                rmsnorm(&mut s.xn[j * d..(j + 1) * d], x, &self.final_norm, d, c.norm_eps);
+            }
+            self.quantize_rows(&mut s.xq, &s.xn, s.last.len(), d);
+            s.last.len()
+        };
+        self.product(&mut logits[..nl * c.vocab_size], &s.xn, &s.xq, &self.lm_head, nl);
+        Ok(nl)
+    }
+
+    /// The start of a step: checks the rows, takes the next position of each row's cache (into
+    /// s.pos) and the rows' embeddings (into s.x).
+    fn begin(&self, s: &mut Scratch, caches: &mut [KvCache], rows: &[(usize, u32)]) -> Result<(), InferError> {
+        let d = self.cfg.dim;
+        if rows.len() > s.max_rows {
+            return Err(InferError::TooManyRows { rows: rows.len(), max: s.max_rows });
+        }
         self.check_rows(caches, rows)?;
         for (i, &(ci, _)) in rows.iter().enumerate() {
             s.pos[i] = caches[ci].len;
@@ -558,57 +516,65 @@ impl InferModel {
             let t = tok as usize;
             s.x[i * d..(i + 1) * d].copy_from_slice(&self.embed[t * d..(t + 1) * d]);
         }
-        let half = hd / 2;
-        for (l, layer) in self.layers.iter().enumerate() {
-            // x += the previous layer's output (in xn), then the attention norm
-            self.norm_rows(s, nr, &layer.attn_norm, l > 0);
-            self.product(&mut s.qkv[..nr * qkvd], &s.xn, &s.xq, &layer.wqkv, nr);
-            for (i, &(ci, _)) in rows.iter().enumerate() {
-                let p = s.pos[i];
-                let (cs, sn) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
-                let row = &mut s.qkv[i * qkvd..(i + 1) * qkvd];
-                let (q, kv) = row.split_at_mut(qd);
-                rope(q, hd, cs, sn);
-                rope(&mut kv[..kvd], hd, cs, sn);
-                for (h, (k, v)) in kv[..kvd].chunks_exact(hd).zip(kv[kvd..].chunks_exact(hd)).enumerate() {
-                    caches[ci].write(c, l, h, p, k, v);
+        Ok(())
+    }
+
+    /// A decode step run by all the pool's threads together, meeting at a barrier between
+    /// phases: each thread normalizes, attends and gates its own rows, and computes its share of
+    /// each matrix's panels for all rows. The weights are read once per step (where each thread
+    /// ran whole steps for its own rows, both read all of them), and q8 products of 16 rows run
+    /// on 16-row AMX tiles. Rows of distinct caches; called from outside any pool task.
+    fn step_team<'s>(
+        &self,
+        s: &'s mut Scratch,
+        caches: &mut [KvCache],
+        rows: &[(usize, u32)],
+    ) -> Result<&'s [f32], InferError> {
+        self.begin(s, caches, rows)?;
+        let c = &self.cfg;
+        let (nr, d, qd, f) = (rows.len(), c.dim, c.q_dim(), c.ffn_hidden);
+        let nt = pool::pool().threads();
+        let team = pool::Barrier::new(nt);
+        let (x, xn, qkv, att) = (
+            SharedMut::new(&mut s.x),
+            SharedMut::new(&mut s.xn),
+            SharedMut::new(&mut s.qkv),
+            SharedMut::new(&mut s.att),
+        );
+        let (scores, h13, h) = (SharedMut::new(&mut s.scores), SharedMut::new(&mut s.h13), SharedMut::new(&mut s.h));
+        let logits = SharedMut::new(&mut s.logits);
+        let xq = (self.quant == Quant::Q8).then(|| s.xq.shared(nr, d.max(qd).max(f)));
+        let (all, pos) = (SharedMut::new(caches), &s.pos);
+        pool::pool().run(nt, |t| {
+            let own = t * nr / nt..(t + 1) * nr / nt;
+            let quantized = |k| xq.map(|q| q.rows(k));
+            // out = input @ W^T for all rows, this thread's panels; the input rows are complete
+            // after the first barrier, out after the second.
+            let product = |out: SharedMut<f32>, input: SharedMut<f32>, w: &Matrix| {
+                team.wait();
+                // SAFETY: between the barriers the threads only read the input rows (and their
+                // quantized values), and each writes its own panels of out.
+                unsafe { product_share(out, input.read(0, nr * w.cols), xq.map(|q| q.view(w.cols)), w, nr, (t, nt)) };
+                team.wait();
+            };
+            // SAFETY (the row phases): each thread uses its own rows, and their distinct caches.
+            for (l, layer) in self.layers.iter().enumerate() {
+                unsafe { self.norm_range(x, xn, quantized(d), &layer.attn_norm, own.clone(), l > 0) };
+                product(qkv, xn, &layer.wqkv);
+                for i in own.clone() {
+                    let cache = unsafe { &mut all.slice(rows[i].0, 1)[0] };
+                    unsafe { self.attend_row(qkv, att, scores, quantized(qd), cache, l, i, pos[i]) };
                 }
+                product(xn, att, &layer.wo);
+                unsafe { self.norm_range(x, xn, quantized(d), &layer.ffn_norm, own.clone(), true) };
+                product(h13, xn, &layer.w13);
+                unsafe { self.swiglu_range(h, h13.read(0, own.end * 2 * f), quantized(f), own.clone()) };
+                product(xn, h, &layer.w_down);
             }
-            self.attention(s, caches, rows, l);
-            self.quantize_rows(&mut s.xq, &s.att, nr, qd);
-            self.product(&mut s.xn[..nr * d], &s.att, &s.xq, &layer.wo, nr);
-            self.norm_rows(s, nr, &layer.ffn_norm, true);
-            self.product(&mut s.h13[..nr * 2 * f], &s.xn, &s.xq, &layer.w13, nr);
-            self.swiglu_rows(s, nr);
-            self.product(&mut s.xn[..nr * d], &s.h, &s.xq, &layer.w_down, nr);
-        }
-        // The last layer's residual, then the final norm (and for q8 the quantized rows) of the
-        // rows that need logits.
-        let nl = match which {
-            Logits::All => {
-                self.norm_rows(s, nr, &self.final_norm, true);
-                nr
-            }
-            Logits::Last => {
-                s.last.clear();
-                for i in 0..nr {
-                    if !rows[i + 1..].iter().any(|r| r.0 == rows[i].0) {
-                        s.last.push(i);
-                    }
-                }
-                // Packed to the front of xn: row j is written after row i = last[j] >= j has been
-                // read, and before any later (larger) i.
-                for (j, &i) in s.last.iter().enumerate() {
-                    let x = &mut s.x[i * d..(i + 1) * d];
-                    x.iter_mut().zip(&s.xn[i * d..(i + 1) * d]).for_each(|(x, y)| *x += y);
-                    rmsnorm(&mut s.xn[j * d..(j + 1) * d], x, &self.final_norm, d, c.norm_eps);
-                }
-                self.quantize_rows(&mut s.xq, &s.xn, s.last.len(), d);
-                s.last.len()
-            }
-        };
-        self.product(&mut logits[..nl * c.vocab_size], &s.xn, &s.xq, &self.lm_head, nl);
-        Ok(nl)
+            unsafe { self.norm_range(x, xn, quantized(d), &self.final_norm, own.clone(), true) };
+            product(logits, xn, &self.lm_head);
+        });
+        Ok(&s.logits[..nr * c.vocab_size])
     }
 
     /// out = x @ W^T for the first `nr` rows: f32 rows from `x`, or for q8 weights the rows
@@ -639,85 +605,171 @@ impl InferModel {
     /// xn = rmsnorm(x) · w for the first `nr` rows, after x += xn where `residual`; quantized into
     /// `s.xq` for q8 weights. Threaded over rows.
     fn norm_rows(&self, s: &mut Scratch, nr: usize, w: &[f32], residual: bool) {
-        let (d, eps) = (self.cfg.dim, self.cfg.norm_eps);
         let (x, xn) = (SharedMut::new(&mut s.x), SharedMut::new(&mut s.xn));
-        let xq = self.quantized(&mut s.xq, nr, d);
-        for_rows(nr, |r| {
-            // SAFETY: the ranges of rows are disjoint and within the first nr rows.
-            let (x, xn) = unsafe { (x.slice(r.start * d, r.len() * d), xn.slice(r.start * d, r.len() * d)) };
-            if residual {
-                x.iter_mut().zip(&*xn).for_each(|(x, y)| *x += y);
+        let xq = self.quantized(&mut s.xq, nr, self.cfg.dim);
+        // SAFETY: the ranges of rows are disjoint and within the first nr rows.
+        for_rows(nr, |r| unsafe { self.norm_range(x, xn, xq, w, r, residual) });
+    }
+
+    /// [`norm_rows`](Self::norm_rows) of rows r.
+    /// # Safety
+    /// No other thread uses rows r of x, xn or xq meanwhile.
+    unsafe fn norm_range(
+        &self,
+        x: SharedMut<f32>,
+        xn: SharedMut<f32>,
+        xq: Option<QuantRowsMut>,
+        w: &[f32],
+        r: std::ops::Range<usize>,
+        residual: bool,
+    ) {
+        let (d, eps) = (self.cfg.dim, self.cfg.norm_eps);
+        // SAFETY: as documented.
+        let (x, xn) = unsafe { (x.slice(r.start * d, r.len() * d), xn.slice(r.start * d, r.len() * d)) };
+        if residual {
+            x.iter_mut().zip(&*xn).for_each(|(x, y)| *x += y);
+        }
+        rmsnorm(xn, x, w, d, eps);
+        if let Some(xq) = xq {
+            for (b, row) in r.zip(xn.chunks_exact(d)) {
+                // SAFETY: as documented.
+                unsafe { xq.quantize(b, row) };
             }
-            rmsnorm(xn, x, w, d, eps);
-            if let Some(xq) = xq {
-                for (b, row) in r.zip(xn.chunks_exact(d)) {
-                    // SAFETY: as above.
-                    unsafe { xq.quantize(b, row) };
-                }
-            }
-        });
+        }
     }
 
     /// h = silu(gate) · up for the first `nr` rows of h13 = [gate | up]; quantized into `s.xq`
     /// for q8 weights. Threaded over rows.
     fn swiglu_rows(&self, s: &mut Scratch, nr: usize) {
-        let f = self.cfg.ffn_hidden;
         let (h, h13) = (SharedMut::new(&mut s.h), &s.h13);
-        let xq = self.quantized(&mut s.xq, nr, f);
-        for_rows(nr, |r| {
-            for b in r {
-                // SAFETY: the ranges of rows are disjoint and within the first nr rows.
-                let h = unsafe { h.slice(b * f, f) };
-                let (gate, up) = h13[b * 2 * f..(b + 1) * 2 * f].split_at(f);
-                for ((h, g), u) in h.iter_mut().zip(gate).zip(up) {
-                    *h = silu(*g) * u;
-                }
-                if let Some(xq) = xq {
-                    // SAFETY: as above.
-                    unsafe { xq.quantize(b, h) };
-                }
+        let xq = self.quantized(&mut s.xq, nr, self.cfg.ffn_hidden);
+        // SAFETY: the ranges of rows are disjoint and within the first nr rows.
+        for_rows(nr, |r| unsafe { self.swiglu_range(h, h13, xq, r) });
+    }
+
+    /// [`swiglu_rows`](Self::swiglu_rows) of rows r (h13: [_, 2 · ffn_hidden]).
+    /// # Safety
+    /// No other thread uses rows r of h or xq meanwhile.
+    unsafe fn swiglu_range(&self, h: SharedMut<f32>, h13: &[f32], xq: Option<QuantRowsMut>, r: std::ops::Range<usize>) {
+        let f = self.cfg.ffn_hidden;
+        for b in r {
+            // SAFETY: as documented.
+            let h = unsafe { h.slice(b * f, f) };
+            let (gate, up) = h13[b * 2 * f..(b + 1) * 2 * f].split_at(f);
+            for ((h, g), u) in h.iter_mut().zip(gate).zip(up) {
+                *h = silu(*g) * u;
             }
-        });
+            if let Some(xq) = xq {
+                // SAFETY: as documented.
+                unsafe { xq.quantize(b, h) };
+            }
+        }
     }
 
     /// Causal attention of every row over its cache (keys/values already written), into `s.att`;
     /// one task per (row, KV head) covers the query heads that share that KV head.
     fn attention(&self, s: &mut Scratch, caches: &[KvCache], rows: &[(usize, u32)], l: usize) {
         let c = &self.cfg;
-        let (hd, nkv, qd, kvd) = (c.head_dim, c.n_kv_heads, c.q_dim(), c.kv_dim());
-        let qkvd = qd + 2 * kvd;
-        let group = c.n_heads / nkv;
+        let (nkv, qkvd) = (c.n_kv_heads, c.q_dim() + 2 * c.kv_dim());
         let nr = rows.len();
         let (qkv, pos) = (&s.qkv, &s.pos);
-        let ss = c.max_seq_len.next_multiple_of(KEY_BLOCK);
         let (att, scores) = (SharedMut::new(&mut s.att), SharedMut::new(&mut s.scores));
         let pairs = nr * nkv;
-        let work: usize = (0..nr).map(|i| pos[i] + 1).sum::<usize>() * c.n_heads * hd;
+        let work: usize = (0..nr).map(|i| pos[i] + 1).sum::<usize>() * c.n_heads * c.head_dim;
         let tasks = if work < 1 << 14 { 1 } else { pairs.min(pool::pool().threads() * 4) };
         let per = pairs.div_ceil(tasks);
         pool::pool().run(pairs.div_ceil(per), |task| {
             for j in task * per..((task + 1) * per).min(pairs) {
-                let (i, h) = (j / nkv, j % nkv);
-                let cache = &caches[rows[i].0];
-                let n = pos[i] + 1;
-                let at = cache.head_at(c, l, h);
-                let q = &qkv[i * qkvd + h * group * hd..][..group * hd];
-                // SAFETY: pair j alone uses att[j*group*hd..][..group*hd] and
-                // scores[j*group*ss..][..group*ss] (att holds nr*nh*hd, scores max_rows*nh*ss floats).
-                let (out, sc) =
-                    unsafe { (att.slice(j * group * hd, group * hd), scores.slice(j * group * ss, group * ss)) };
-                let (nk, nv) = (n.next_multiple_of(KEY_BLOCK) * hd, n * hd);
-                match &cache.data {
-                    KvData::F32 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, None),
-                    KvData::F16 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, None),
-                    KvData::Q8 { k, v, ks, vs } => {
-                        let sat = at / hd;
-                        let scales = Some((&ks[sat..sat + n], &vs[sat..sat + n]));
-                        attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, scales)
-                    }
-                }
+                let i = j / nkv;
+                let q = &qkv[i * qkvd..][..c.q_dim()];
+                // SAFETY: pair j is this task's alone.
+                unsafe { self.attend_pair(att, scores, q, &caches[rows[i].0], l, j, pos[i] + 1) };
             }
         });
+    }
+
+    /// Row i at position p of its cache: rope of its queries and keys, the keys and values into
+    /// layer l of the cache, its attention, and (for q8 weights) the attention output quantized.
+    /// # Safety
+    /// No other thread uses row i of qkv, att, scores or xq, or the cache, meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn attend_row(
+        &self,
+        qkv: SharedMut<f32>,
+        att: SharedMut<f32>,
+        scores: SharedMut<f32>,
+        xq: Option<QuantRowsMut>,
+        cache: &mut KvCache,
+        l: usize,
+        i: usize,
+        p: usize,
+    ) {
+        let c = &self.cfg;
+        let (nkv, qd, qkvd) = (c.n_kv_heads, c.q_dim(), c.q_dim() + 2 * c.kv_dim());
+        // SAFETY: as documented.
+        unsafe {
+            let row = qkv.slice(i * qkvd, qkvd);
+            self.rope_and_store(row, cache, l, p);
+            for j in i * nkv..(i + 1) * nkv {
+                self.attend_pair(att, scores, &row[..qd], cache, l, j, p + 1);
+            }
+            if let Some(xq) = xq {
+                xq.quantize(i, att.slice(i * qd, qd));
+            }
+        }
+    }
+
+    /// Rope of a qkv row's queries and keys at position p, then its keys and values into layer
+    /// l of the cache.
+    fn rope_and_store(&self, row: &mut [f32], cache: &mut KvCache, l: usize, p: usize) {
+        let c = &self.cfg;
+        let (hd, qd, kvd) = (c.head_dim, c.q_dim(), c.kv_dim());
+        let half = hd / 2;
+        let (cs, sn) = (&self.cos[p * half..(p + 1) * half], &self.sin[p * half..(p + 1) * half]);
+        let (q, kv) = row.split_at_mut(qd);
+        rope(q, hd, cs, sn);
+        rope(&mut kv[..kvd], hd, cs, sn);
+        for (h, (k, v)) in kv[..kvd].chunks_exact(hd).zip(kv[kvd..].chunks_exact(hd)).enumerate() {
+            cache.write(c, l, h, p, k, v);
+        }
+    }
+
+    /// Attention of pair j = (row i, KV head h) = (j / nkv, j % nkv): the query heads sharing KV
+    /// head h (of the row's queries q: [q_dim]) over the first n positions of layer l of the row's
+    /// cache, into att.
+    /// # Safety
+    /// No other thread uses pair j's att[j*group*hd..][..group*hd] or scores[j*group*ss..][..group*ss]
+    /// (att holds nr*nh*hd, scores max_rows*nh*ss floats) meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn attend_pair(
+        &self,
+        att: SharedMut<f32>,
+        scores: SharedMut<f32>,
+        q: &[f32],
+        cache: &KvCache,
+        l: usize,
+        j: usize,
+        n: usize,
+    ) {
+        let c = &self.cfg;
+        let (hd, nkv) = (c.head_dim, c.n_kv_heads);
+        let group = c.n_heads / nkv;
+        let ss = c.max_seq_len.next_multiple_of(KEY_BLOCK);
+        let h = j % nkv;
+        let at = cache.head_at(c, l, h);
+        let q = &q[h * group * hd..][..group * hd];
+        // SAFETY: as documented.
+        let (out, sc) = unsafe { (att.slice(j * group * hd, group * hd), scores.slice(j * group * ss, group * ss)) };
+        let (nk, nv) = (n.next_multiple_of(KEY_BLOCK) * hd, n * hd);
+        match &cache.data {
+            KvData::F32 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, None),
+            KvData::F16 { k, v } => attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, None),
+            KvData::Q8 { k, v, ks, vs } => {
+                let sat = at / hd;
+                let scales = Some((&ks[sat..sat + n], &vs[sat..sat + n]));
+                attend(out, sc, ss, q, &k[at..at + nk], &v[at..at + nv], hd, n, scales)
+            }
+        }
     }
 }
 
@@ -738,14 +790,5 @@ mod tests {
                 assert_eq!(KvCache::bytes(&cfg, cap, kv), held, "{kv:?} cap {cap}");
             }
         }
-    }
-
-    #[test]
-    fn reads_sysfs_cache_sizes() {
-        assert_eq!(cache_size("32768K\n"), Some(32 << 20));
-        assert_eq!(cache_size("1M"), Some(1 << 20));
-        assert_eq!(cache_size("512"), Some(512));
-        assert_eq!(cache_size("big"), None);
-        assert_eq!(cache_size("2G"), None);
     }
 }

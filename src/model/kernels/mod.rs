@@ -41,6 +41,13 @@ impl<'a, T> SharedMut<'a, T> {
         debug_assert!(at + len <= self.len, "{at} + {len} elements in a buffer of {}", self.len);
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
+    /// Elements `at..at + len`, read only.
+    /// # Safety
+    /// They lie in the buffer, and no thread writes them meanwhile.
+    pub unsafe fn read(self, at: usize, len: usize) -> &'a [T] {
+        debug_assert!(at + len <= self.len, "{at} + {len} elements in a buffer of {}", self.len);
+        unsafe { std::slice::from_raw_parts(self.ptr.add(at), len) }
+    }
     /// A pointer to element `at`, for kernels that take pointers and strides (debug builds check
     /// `at`, not how far the kernel writes).
     /// # Safety

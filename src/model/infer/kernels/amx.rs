@@ -6,7 +6,7 @@
 //! results are bit-identical to it and to the portable loop.
 
 use super::avx512::store;
-use super::{Data, LANES, Matrix, Q8_BLOCK, QuantRows};
+use super::{Data, LANES, Matrix, Q8_BLOCK, QuantView};
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::sync::OnceLock;
@@ -84,7 +84,7 @@ pub(super) const MIN_ROWS: usize = 8;
 /// # Safety
 /// [`available`] returned true; as `super::q8_panels`, with nr ≤ the rows quantized in `xq`.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantRows, w: &Matrix, nr: usize, p0: usize, p1: usize) {
+pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantView, w: &Matrix, nr: usize, p0: usize, p1: usize) {
     debug_assert!(nr.is_multiple_of(MIN_ROWS));
     let mut b = 0;
     while b < nr {
@@ -113,7 +113,7 @@ pub(super) unsafe fn q8_panels(out: *mut f32, xq: &QuantRows, w: &Matrix, nr: us
 
 /// out[b + r, pn * 16 + l] for r < R, l < 16, with tiles configured for R rows.
 #[target_feature(enable = "avx512f")]
-unsafe fn q8_tile<const R: usize>(out: *mut f32, xq: &QuantRows, w: &Matrix, b: usize, pn: usize) {
+unsafe fn q8_tile<const R: usize>(out: *mut f32, xq: &QuantView, w: &Matrix, b: usize, pn: usize) {
     let Data::Q8 { q, scales } = &w.data else { unreachable!("q8 weights") };
     let nbk = w.cols.div_ceil(Q8_BLOCK);
     let kp = nbk * Q8_BLOCK;
