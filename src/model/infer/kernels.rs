@@ -306,8 +306,7 @@ impl QuantRows {
     /// For a team step (several threads quantizing and then reading the same rows): `nb` rows
     /// of up to `k` values.
     pub(crate) fn shared(&mut self, nb: usize, k: usize) -> SharedQuant<'_> {
-        let QuantRowsMut { q, scale, sum, .. } = self.rows(nb, k);
-        SharedQuant { q, scale, sum, rows: nb, max_k: k }
+        SharedQuant { widest: self.rows(nb, k), rows: nb }
     }
 
     /// The rows as the q8 kernels read them (laid out by the last [`rows`](Self::rows)).
@@ -332,35 +331,33 @@ pub(crate) struct QuantView<'a> {
 }
 
 /// A [`QuantRows`] shared by the threads of a team step (see [`QuantRows::shared`]): each
-/// quantizes its own rows, at any width up to `max_k`; between barriers, all read them.
+/// quantizes its own rows, at any width up to the widest; between barriers, all read them.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedQuant<'a> {
-    q: SharedMut<'a, i8>,
-    scale: SharedMut<'a, f32>,
-    sum: SharedMut<'a, i32>,
+    /// The buffers, laid out for the widest rows the step quantizes.
+    widest: QuantRowsMut<'a>,
     rows: usize,
-    max_k: usize,
 }
 
 impl<'a> SharedQuant<'a> {
     /// A handle to quantize rows of `k` values.
     pub(crate) fn rows(self, k: usize) -> QuantRowsMut<'a> {
-        assert!(k <= self.max_k, "rows of {k} values in buffers for {}", self.max_k);
-        QuantRowsMut { q: self.q, scale: self.scale, sum: self.sum, k }
+        assert!(k <= self.widest.k, "rows of {k} values in buffers for {}", self.widest.k);
+        QuantRowsMut { k, ..self.widest }
     }
 
     /// All rows, quantized for `k` values.
     /// # Safety
     /// No thread writes them meanwhile.
     pub(crate) unsafe fn view(self, k: usize) -> QuantView<'a> {
+        let QuantRowsMut { q, scale, sum, .. } = self.rows(k);
         let nbk = k.div_ceil(Q8_BLOCK);
-        assert!(k <= self.max_k, "rows of {k} values in buffers for {}", self.max_k);
-        // SAFETY: as documented; the buffers hold `rows` rows of max_k >= k values.
+        // SAFETY: as documented; the buffers hold `rows` rows of the widest (>= k) values.
         unsafe {
             QuantView {
-                q: self.q.read(0, self.rows * nbk * Q8_BLOCK),
-                scale: self.scale.read(0, self.rows * nbk),
-                sum: self.sum.read(0, self.rows * nbk),
+                q: q.read(0, self.rows * nbk * Q8_BLOCK),
+                scale: scale.read(0, self.rows * nbk),
+                sum: sum.read(0, self.rows * nbk),
             }
         }
     }

@@ -390,8 +390,8 @@ impl InferModel {
     /// One decode step: row i appends `rows[i].1` to cache `rows[i].0` (distinct caches).
     /// Returns logits [rows, vocab].
     ///
-    /// With several threads and at least [`TEAM_ROWS`] rows per thread, the threads run the step
-    /// together ([`step_team`](Self::step_team)).
+    /// With several threads and at least [`TEAM_ROWS`] rows per thread, called from outside any
+    /// pool task, the threads run the step together ([`step_team`](Self::step_team)).
     pub fn decode<'s>(
         &self,
         s: &'s mut Scratch,
@@ -546,6 +546,7 @@ impl InferModel {
         let xq = (self.quant == Quant::Q8).then(|| s.xq.shared(nr, d.max(qd).max(f)));
         let (all, pos) = (SharedMut::new(caches), &s.pos);
         pool::pool().run(nt, |t| {
+            let _abort = pool::AbortOnPanic;
             let own = t * nr / nt..(t + 1) * nr / nt;
             let quantized = |k| xq.map(|q| q.rows(k));
             // out = input @ W^T for all rows, this thread's panels; the input rows are complete
