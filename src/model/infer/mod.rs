@@ -470,17 +470,19 @@ impl InferModel {
         }
         // The last layer's residual, then the final norm (and for q8 the quantized rows) of the
         // rows that need logits.
-        // With distinct caches every row is its sequence's last.
-        let nl = if matches!(which, Logits::All) || distinct_caches(rows) {
-            self.norm_rows(s, nr, &self.final_norm, true);
-            nr
-        } else {
-            s.last.clear();
+        s.last.clear();
+        if matches!(which, Logits::Last) {
             for i in 0..nr {
                 if !rows[i + 1..].iter().any(|r| r.0 == rows[i].0) {
                     s.last.push(i);
                 }
             }
+        }
+        // Every row (Logits::All, or each row its sequence's last): normalized in place, threaded.
+        let nl = if s.last.is_empty() || s.last.len() == nr {
+            self.norm_rows(s, nr, &self.final_norm, true);
+            nr
+        } else {
             // Packed to the front of xn: row j is written after row i = last[j] >= j has been
             // read, and before any later (larger) i.
             for (j, &i) in s.last.iter().enumerate() {
